@@ -1,0 +1,223 @@
+"""The `schemabuild` command line: thin wrappers over the stage modules (heavy imports stay inside)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from schemabuild.config import ConfigError, click_options, from_options, load_config_file
+from schemabuild.task import TaskError
+
+TASKS_DIR = click.option("--tasks-dir", type=click.Path(path_type=Path), default=None, envvar="SCHEMABUILD_TASKS",
+                         help="Folder of task files [default: ./tasks].")
+RUNS_DIR = click.option("--runs-dir", type=click.Path(path_type=Path), default=None, envvar="SCHEMABUILD_RUNS",
+                        help="Folder runs are written under [default: ./runs].")
+
+
+def user_errors(fn):
+    """Show user mistakes as one line (no traceback) and exit non-zero."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from schemabuild.contract import ContractError
+
+        try:
+            return fn(*args, **kwargs)
+        except (TaskError, ConfigError, ContractError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def make_config(cls, ctx: click.Context, options: dict, config_file: Path | None):
+    """Settings: dataclass defaults < `--config` file < flags given on the command line."""
+    values = dict(options)
+    if config_file is not None:
+        from_file = load_config_file(config_file)
+        for key, value in from_file.items():
+            if key not in values:
+                raise ConfigError(f"--config {config_file}: unknown setting {key!r}")
+            if ctx.get_parameter_source(key) != click.core.ParameterSource.COMMANDLINE:
+                values[key] = value
+    return from_options(cls, values)
+
+
+def _load(name: str, tasks_dir):
+    from schemabuild.task import load_task
+
+    return load_task(name, tasks_dir)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="schemabuild")
+def main():
+    """Turn a Pydantic output schema plus a few examples into a small fine-tuned model served as a JSON API.
+
+    \b
+    schemabuild init my_task          write tasks/my_task.py to edit
+    schemabuild train my_task         synthesize data, fine-tune, evaluate
+    schemabuild serve my_task         OpenAI-compatible JSON API with constrained decoding
+    schemabuild eval my_task --min field.label=0.9   a CI gate
+    """
+
+
+@main.command()
+@click.argument("name")
+@TASKS_DIR
+@click.option("--force", is_flag=True, help="Overwrite an existing task file.")
+@user_errors
+def init(name, tasks_dir, force):
+    """Write a commented task file to start from."""
+    from schemabuild.task import write_template
+
+    path = write_template(name, tasks_dir, force=force)
+    click.echo(f"wrote {path}: edit it, then run `schemabuild train {name}`")
+
+
+@main.command("tasks")
+@TASKS_DIR
+@user_errors
+def tasks_cmd(tasks_dir):
+    """List the tasks in the tasks folder."""
+    from schemabuild.task import describe, list_tasks, load_task, tasks_dir as resolve
+
+    names = list_tasks(tasks_dir)
+    if not names:
+        click.echo(f"no tasks in {resolve(tasks_dir)}; create one with `schemabuild init NAME`")
+    for name in names:
+        try:
+            click.echo(describe(load_task(name, tasks_dir)))
+        except TaskError as exc:
+            click.echo(f"{name}: error: {exc}")
+
+
+def _synth_config():
+    from schemabuild.synth import SynthConfig
+
+    return SynthConfig
+
+
+def _train_config():
+    from schemabuild.train import TrainConfig
+
+    return TrainConfig
+
+
+def _eval_config():
+    from schemabuild.evaluate import EvalConfig
+
+    return EvalConfig
+
+
+def _serve_config():
+    from serve.app import ServeConfig
+
+    return ServeConfig
+
+
+def _lazy_options(loader):
+    """Options from a stage's dataclass, importing the stage module only for `--help`/invocation."""
+    return click_options(loader())
+
+
+@main.command()
+@click.argument("task")
+@TASKS_DIR
+@RUNS_DIR
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="JSON or TOML settings file.")
+@_lazy_options(_synth_config)
+@click.pass_context
+@user_errors
+def synth(ctx, task, tasks_dir, runs_dir, config_file, **options):
+    """Synthesize a validated training set for TASK with a teacher LLM (offline without a key)."""
+    from schemabuild.synth import SynthConfig, synthesize
+
+    cfg = make_config(SynthConfig, ctx, options, config_file)
+    synthesize(_load(task, tasks_dir), cfg, runs_dir=runs_dir)
+
+
+@main.command()
+@click.argument("task")
+@TASKS_DIR
+@RUNS_DIR
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="JSON or TOML settings file.")
+@_lazy_options(_train_config)
+@click.pass_context
+@user_errors
+def train(ctx, task, tasks_dir, runs_dir, config_file, **options):
+    """Synthesize (if needed), fine-tune and evaluate TASK; prints where everything went."""
+    from schemabuild.train import TrainConfig, train_task
+
+    cfg = make_config(TrainConfig, ctx, options, config_file)
+    train_task(_load(task, tasks_dir), cfg, runs_dir=runs_dir)
+
+
+@main.command("eval")
+@click.argument("task")
+@TASKS_DIR
+@RUNS_DIR
+@_lazy_options(_eval_config)
+@click.pass_context
+@user_errors
+def eval_cmd(ctx, task, tasks_dir, runs_dir, **options):
+    """Score TASK's model per field on the gold set; exit non-zero when a threshold fails (a CI gate)."""
+    from schemabuild.evaluate import EvalConfig, run_eval
+
+    cfg = make_config(EvalConfig, ctx, options, None)
+    sys.exit(run_eval(_load(task, tasks_dir), cfg, runs_dir=runs_dir))
+
+
+@main.command()
+@click.argument("tasks", nargs=-1, required=True)
+@TASKS_DIR
+@RUNS_DIR
+@_lazy_options(_serve_config)
+@click.pass_context
+@user_errors
+def serve(ctx, tasks, tasks_dir, runs_dir, **options):
+    """Serve TASKS behind an OpenAI-compatible JSON API with constrained decoding."""
+    from serve.app import ServeConfig, run_server
+
+    cfg = make_config(ServeConfig, ctx, options, None)
+    run_server([_load(t, tasks_dir) for t in tasks], cfg, runs_dir=runs_dir)
+
+
+@main.command()
+@click.argument("task")
+@click.argument("text")
+@TASKS_DIR
+@RUNS_DIR
+@click.option("--run", default=None, help="Run directory or run id [default: the task's latest run].")
+@user_errors
+def predict(task, text, tasks_dir, runs_dir, run):
+    """Run TASK's model locally on TEXT (no server) and print the JSON output."""
+    from schemabuild.contract import canonical_json
+    from schemabuild.predictor import Predictor
+
+    t = _load(task, tasks_dir)
+    predictor = Predictor.from_run(t, run=run, runs_dir=runs_dir)
+    result = predictor.predict(text)
+    click.echo(canonical_json(result.output))
+
+
+@main.command()
+@click.argument("task")
+@TASKS_DIR
+@RUNS_DIR
+@click.option("--format", "fmt", required=True,
+              type=click.Choice(["openai", "sharegpt", "alpaca", "merged", "vllm"]), help="What to write.")
+@click.option("--run", default=None, help="Run directory or run id [default: the task's latest run].")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output path [default: inside the run].")
+@user_errors
+def export(task, tasks_dir, runs_dir, fmt, run, out):
+    """Export TASK's dataset (openai, sharegpt, alpaca) or model (merged, vllm)."""
+    from schemabuild.export import export as do_export
+
+    do_export(_load(task, tasks_dir), fmt, run=run, out=out, runs_dir=runs_dir)
+
+
+if __name__ == "__main__":
+    main()
