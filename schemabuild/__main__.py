@@ -1,0 +1,3 @@
+from schemabuild.cli import main
+
+main()
