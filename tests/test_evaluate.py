@@ -1,0 +1,282 @@
+"""Evaluation: comparators against hand-computed figures, the gate, the reports, and `schemabuild eval` end to end."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+from enum import Enum
+from typing import Literal, Optional
+
+import pytest
+from click.testing import CliRunner
+from pydantic import BaseModel
+
+from schemabuild.config import ConfigError
+from schemabuild.evaluate import (
+    EvalConfig, check_gate, compare_values, field_specs, format_summary, normalize_text, parse_min, score,
+    token_f1, write_reports,
+)
+from schemabuild.task import Example, FieldEval, Task, TaskError
+
+
+# ---- small models --------------------------------------------------------------------------------
+
+class Color(str, Enum):
+    red = "red"
+    blue = "blue"
+
+
+class Item(BaseModel):
+    name: str
+    unit_price: float
+    qty: int
+
+
+class Address(BaseModel):
+    city: str
+    zip: Optional[str] = None
+
+
+class Invoice(BaseModel):
+    kind: Literal["bill", "refund"]
+    paid: bool
+    total: float
+    when: dt.date
+    color: Color
+    tags: list[str]
+    address: Address
+    items: list[Item]
+    note: Optional[str] = None
+
+
+GOLD = {
+    "kind": "bill", "paid": True, "total": 100.0, "when": "2024-03-01", "color": "red",
+    "tags": ["Urgent", "paper"], "address": {"city": "New York", "zip": None},
+    "items": [{"name": "Pen", "unit_price": 1.5, "qty": 2}, {"name": "Ink", "unit_price": 10.0, "qty": 1}],
+    "note": None,
+}
+
+
+def invoice_task(fields=None) -> Task:
+    return Task(name="invoice", instructions="Read the invoice.", output=Invoice,
+                examples=[Example("an invoice", GOLD)], fields=fields or {})
+
+
+def scored(task, gold_rows, answers):
+    return score(task, [Example(f"in {i}", task.validate_output(g)) for i, g in enumerate(gold_rows)], answers)
+
+
+# ---- fields from the schema ----------------------------------------------------------------------
+
+def test_field_specs_follow_the_types_with_dotted_paths():
+    specs = {s.path: s for s in field_specs(invoice_task())}
+    assert list(specs) == ["kind", "paid", "total", "when", "color", "tags", "address.city", "address.zip",
+                           "items", "items[].name", "items[].unit_price", "items[].qty", "note"]
+    assert (specs["kind"].comparator, specs["kind"].values) == ("exact", ["bill", "refund"])
+    assert specs["paid"].values == [True, False]
+    assert specs["color"].values == ["red", "blue"]
+    assert specs["total"].comparator == "float" and specs["total"].tolerance == 1e-3
+    assert specs["when"].comparator == "date"
+    assert (specs["tags"].comparator, specs["tags"].element) == ("set", "string")
+    assert specs["items[].qty"].comparator == "exact" and specs["items[].name"].comparator == "string"
+    assert specs["note"].optional and specs["address.zip"].optional and not specs["address.city"].optional
+
+
+def test_overrides_change_comparator_tolerance_and_order():
+    task = invoice_task({"total": FieldEval(tolerance=0.1), "tags": FieldEval(ordered=True),
+                         "note": FieldEval(comparator="exact")})
+    specs = {s.path: s for s in field_specs(task)}
+    assert specs["total"].tolerance == 0.1
+    assert specs["tags"].comparator == "list" and specs["tags"].ordered
+    assert specs["note"].comparator == "exact"
+
+
+@pytest.mark.parametrize("fields, needle", [
+    ({"nope": FieldEval()}, "fields['nope']: no such field"),
+    ({"kind": FieldEval(comparator="fuzzy")}, "fields['kind'].comparator 'fuzzy'"),
+    ({"kind": FieldEval(comparator="set")}, "the field is not a list"),
+])
+def test_bad_overrides_are_one_line_task_errors(fields, needle):
+    with pytest.raises(TaskError, match=re.escape(needle)) as exc:
+        field_specs(invoice_task(fields))
+    assert "\n" not in str(exc.value)
+
+
+# ---- comparators ---------------------------------------------------------------------------------
+
+def spec_of(path, task=None):
+    return {s.path: s for s in field_specs(task or invoice_task())}[path]
+
+
+def test_string_normalisation_and_token_f1():
+    assert normalize_text("  Hello,   WORLD!! ") == "hello world"
+    s = spec_of("items[].name")
+    assert compare_values(s, "The Eiffel Tower", "the eiffel tower.") == {"correct": True, "token_f1": 1.0}
+    # gold 4 tokens, pred 2 tokens, 2 shared: P=1, R=0.5, F1=2/3
+    r = compare_values(s, "the eiffel tower night", "eiffel tower")
+    assert r["correct"] is False and r["token_f1"] == pytest.approx(2 / 3)
+    assert token_f1("a b", "c d") == 0.0
+
+
+def test_float_relative_tolerance_and_override():
+    s = spec_of("total")
+    assert compare_values(s, 100.0, 100.05)["correct"]  # 0.05% < 0.1%
+    assert not compare_values(s, 100.0, 100.5)["correct"]  # 0.5%
+    loose = spec_of("total", invoice_task({"total": FieldEval(tolerance=0.01)}))
+    assert compare_values(loose, 100.0, 100.5)["correct"]
+    assert not compare_values(s, 100.0, "100")["correct"]
+
+
+def test_dates_are_normalised():
+    s = spec_of("when")
+    assert compare_values(s, "2024-03-01", "2024-03-01")["correct"]
+    assert compare_values(s, "2024-03-01T12:00:00+02:00", "2024-03-01T10:00:00Z")["correct"]
+    assert not compare_values(s, "2024-03-01", "2024-03-02")["correct"]
+
+
+def test_sets_and_ordered_lists():
+    s = spec_of("tags")
+    r = compare_values(s, ["Urgent", "paper"], ["paper", "urgent"])  # order and case ignored
+    assert r == {"correct": True, "precision": 1.0, "recall": 1.0, "f1": 1.0}
+    r = compare_values(s, ["a", "b", "c"], ["a", "d"])  # P=1/2, R=1/3, F1=0.4
+    assert (r["precision"], r["recall"]) == (0.5, pytest.approx(1 / 3)) and r["f1"] == pytest.approx(0.4)
+    ordered = spec_of("tags", invoice_task({"tags": FieldEval(ordered=True)}))
+    r = compare_values(ordered, ["a", "b", "c"], ["b", "a", "c"])  # LCS 2: P=R=2/3
+    assert not r["correct"] and r["precision"] == pytest.approx(2 / 3) and r["recall"] == pytest.approx(2 / 3)
+    assert compare_values(s, [], None)["correct"]  # a missing list reads as empty
+
+
+def test_optional_null_vs_value():
+    s = spec_of("note")
+    assert compare_values(s, None, None) == {"correct": True, "token_f1": 1.0}
+    assert compare_values(s, None, "x") == {"correct": False, "token_f1": 0.0}
+    assert compare_values(s, "x", None)["correct"] is False
+
+
+# ---- whole-object scoring ------------------------------------------------------------------------
+
+def test_score_nested_lists_missing_keys_and_null_metrics():
+    task = invoice_task()
+    other = {**GOLD, "note": "call back", "address": {"city": "Boston", "zip": "02101"}}
+    pred_a = {k: v for k, v in GOLD.items() if k != "note"}  # a missing optional key equals null: all correct
+    pred_a["address"] = {"city": "new york"}  # zip missing → null; city matches after normalisation
+    pred_b = {**other, "address": {"city": "Boston", "zip": None}, "note": None,
+              "items": [{"name": "Pen", "unit_price": 1.5, "qty": 3}]}  # one item dropped, qty wrong, 1 null wrong
+    answers = [json.dumps(pred_a), json.dumps(pred_b), "{not json", '["a list"]']
+    report = scored(task, [GOLD, other, GOLD, GOLD], answers)
+    m = report["metrics"]
+    assert (m["json_parse"], m["json_valid"], m["exact_match"]) == (0.75, 0.5, 0.25)
+    assert m["field.kind"] == 0.5  # rows 3, 4 are not JSON objects
+    # items[].qty pairs: row1 2 pairs ok, row2 (3 vs 2 wrong, missing element wrong), rows 3-4 2 pairs each wrong
+    assert report["fields"]["items[].qty"]["n"] == 8 and m["field.items[].qty"] == 2 / 8
+    assert m["field.items"] == 0.25  # only row 1's item list matches
+    # note: gold null in rows 1,3,4 and "call back" in row 2; predicted null in rows 1 and 2
+    assert m["field.note"] == 0.25
+    assert m["field.note.null_precision"] == 0.5  # 2 predicted nulls, 1 right
+    assert m["field.note.null_recall"] == pytest.approx(1 / 3)  # 3 gold nulls, 1 found
+    assert m["field.address.zip.null_precision"] == 0.5
+    row2 = report["rows"][1]
+    assert set(row2["wrong"]) == {"items[0].qty", "items[1].name", "items[1].unit_price", "items[1].qty",
+                                  "items", "note", "address.zip"}
+    assert row2["wrong"]["items[0].qty"] == {"expected": 2, "got": 3}
+    assert row2["wrong"]["items[1].name"]["missing"] is True
+    assert report["rows"][2]["error"].startswith("not JSON")
+    assert report["rows"][3]["error"] == "not a JSON object: list"
+
+
+def test_confusion_matrix_and_invalid_values():
+    class Pick(BaseModel):
+        tool: Literal["a", "b", "c"]
+
+    task = Task(name="pick", instructions="Pick.", output=Pick, examples=[Example("x", {"tool": "a"})])
+    gold = [{"tool": "a"}, {"tool": "a"}, {"tool": "b"}, {"tool": "c"}]
+    report = scored(task, gold, ['{"tool":"a"}', '{"tool":"b"}', '{"tool":"b"}', '{"tool":"zzz"}'])
+    f = report["fields"]["tool"]
+    assert f["confusion"] == {"a": {"a": 1, "b": 1}, "b": {"b": 1}, "c": {"(invalid)": 1}}
+    assert f["labels"] == ["a", "b", "c", "(invalid)"]
+    assert f["per_value"] == {"a": 0.5, "b": 1.0, "c": 0.0}
+    assert report["metrics"]["json_valid"] == 0.75 and report["metrics"]["field.tool"] == 0.5
+
+
+def test_latency_and_tokens_from_predictions():
+    from schemabuild.evaluate import Answer
+
+    class Pick(BaseModel):
+        tool: Literal["a", "b"]
+
+    task = Task(name="pick", instructions="Pick.", output=Pick, examples=[Example("x", {"tool": "a"})])
+    answers = [Answer('{"tool":"a"}', latency_ms=10.0, prompt_tokens=20, completion_tokens=5),
+               Answer('{"tool":"a"}', latency_ms=30.0, prompt_tokens=22, completion_tokens=7, finish_reason="stop")]
+    report = scored(task, [{"tool": "a"}, {"tool": "b"}], answers)
+    assert report["latency_ms"]["mean"] == 20.0 and report["latency_ms"]["p50"] == 20.0
+    assert report["tokens"] == {"prompt_mean": 21.0, "completion_mean": 6.0, "prompt_total": 42, "completion_total": 12}
+    assert report["finish_reasons"] == {"stop": 1}
+
+
+# ---- gate ----------------------------------------------------------------------------------------
+
+def test_parse_min_and_its_errors():
+    assert parse_min(["json_valid=1.0", "field.tool = 0.9"]) == {"json_valid": 1.0, "field.tool": 0.9}
+    for bad, needle in [("field.tool", "expected METRIC=VALUE"), ("field.tool=high", "is not a number"),
+                        ("x=1.5", "between 0 and 1")]:
+        with pytest.raises(ConfigError, match=needle) as exc:
+            EvalConfig(min=[bad])
+        assert str(exc.value).startswith("--min")
+    with pytest.raises(ConfigError, match="--compare judge"):
+        EvalConfig(compare=["judge"])
+
+
+def test_check_gate_thresholds_unknown_metrics_and_regressions():
+    metrics = {"json_valid": 1.0, "field.tool": 0.85, "field.query": 0.70, "field.query.null_recall": None}
+    assert check_gate(metrics, {"json_valid": 1.0, "field.tool": 0.85}) == []
+    fails = check_gate(metrics, {"field.tool": 0.9, "field.tol": 0.5})
+    assert fails[0] == "FAIL field.tool = 0.850 < 0.9 (--min)"
+    assert fails[1].startswith("FAIL --min field.tol=0.5: no such metric (known: json_valid, field.tool")
+    old = {"json_valid": 1.0, "field.tool": 0.86, "field.query": 0.80}
+    fails = check_gate(metrics, {}, baseline=old, tolerance=0.02, baseline_name="old/report.json")
+    assert fails == ["FAIL field.query regressed 0.800 -> 0.700 (-0.100 > --tolerance 0.02) vs old/report.json"]
+    assert check_gate(metrics, {}, baseline=old, tolerance=0.2) == []
+
+
+# ---- reports -------------------------------------------------------------------------------------
+
+def fake_report(tool_picker):
+    from schemabuild.evaluate import Answer
+
+    gold = [Example("play jazz", {"tool": "music.play", "query": "jazz"}),
+            Example("thanks", {"tool": "no_tool", "query": None}),
+            Example("weather in Oslo", {"tool": "weather.forecast", "query": "Oslo"})]
+    model = score(tool_picker, gold, [
+        Answer('{"tool":"music.play","query":"Jazz"}', latency_ms=12.0, prompt_tokens=90, completion_tokens=9),
+        Answer('{"tool":"web.search","query":"thanks"}', latency_ms=15.0, prompt_tokens=88, completion_tokens=10),
+        Answer('{"tool":"weather.forecast","query":"oslo"}', latency_ms=11.0, prompt_tokens=91, completion_tokens=9),
+    ])
+    base = score(tool_picker, gold, ['{"tool":"no_tool","query":null}'] * 3, "base")
+    failures = check_gate(model["metrics"], {"field.tool": 0.9})
+    return {"task": "tool_picker", "run": "r", "data": "d.jsonl", "n": 3, "created": "now", "out": "o",
+            "metrics": model["metrics"], "models": {"model": model, "base": base}, "notes": [],
+            "gate": {"passed": not failures, "failures": failures, "min": {"field.tool": 0.9},
+                     "baseline": None, "tolerance": 0.02}}
+
+
+def test_reports_are_written_with_plots(tool_picker, tmp_path):
+    report = fake_report(tool_picker)
+    assert report["metrics"]["field.tool"] == pytest.approx(2 / 3)
+    paths = write_reports(report, tmp_path / "eval")
+    data = json.loads(paths["json"].read_text())
+    assert data["metrics"]["field.query"] == pytest.approx(2 / 3)
+    assert data["gate"]["failures"] == ["FAIL field.tool = 0.667 < 0.9 (--min)"]
+    assert [r["i"] for r in data["models"]["model"]["rows"]] == [1]  # only wrong rows kept in report.json
+    assert len(paths["predictions"].read_text().splitlines()) == 6  # every row of both models
+    md = paths["md"].read_text()
+    assert "| field.tool | 0.667 | 0.333 |" in md
+    assert "### Confusion `tool` (model)" in md and "`tool`: expected \"no_tool\", got \"web.search\"" in md
+    page = paths["html"].read_text()
+    assert page.count("<svg") == 4  # bars, two confusion heatmaps (model, base), one latency histogram
+    assert 'class="bars"' in page and 'class="confusion"' in page and 'class="histogram"' in page
+    assert "<script" not in page and "src=" not in page  # stands alone
+    summary = format_summary(report)
+    assert re.search(r"field\.tool\s+0\.667\s+0\.333", summary)
+    assert "FAIL field.tool = 0.667 < 0.9 (--min)" in summary
