@@ -6,8 +6,8 @@ setup (run, gold set, models) → run (predict, score every field by its type) �
 report.md, report.html with inline SVG plots, predictions.jsonl) → gate (exit code).
 
 Metric names (the keys of report["metrics"], usable in `--min` and compared with `--baseline`):
-- `json_parse`: the answer parses as a JSON object;
-- `json_valid`: it also validates against the task's output model;
+- `json_valid`: the answer parses as a JSON object;
+- `schema_valid`: it also validates against the task's output model;
 - `exact_match`: valid and every field correct by its comparator;
 - `field.<path>`: the field's accuracy (`field.tool`, `field.address.city`, `field.items[].unit_price`);
 - `field.<path>.token_f1` (strings), `.precision`/`.recall`/`.f1` (lists),
@@ -37,7 +37,7 @@ from schemabuild.task import Example, FieldEval, Task, TaskError
 COMPARATORS = ("exact", "float", "string", "date", "set", "list")
 COMPARE_WITH = ("base", "teacher")
 DEFAULT_FLOAT_TOLERANCE = 1e-3
-PRIMARY = "model"  # the fine-tuned model's key in report["models"]
+PRIMARY = "finetuned"  # the fine-tuned model's key in report["models"]
 
 
 @dataclasses.dataclass
@@ -51,7 +51,7 @@ class EvalConfig:
     compare: list[str] = dataclasses.field(default_factory=list)
     """Also score `base` (the un-fine-tuned base model) or `teacher` (the synthesis teacher) on the same rows."""
     min: list[str] = dataclasses.field(default_factory=list)
-    """Gate threshold METRIC=VALUE, e.g. json_valid=1.0, field.tool=0.9, exact_match=0.5."""
+    """Gate threshold METRIC=VALUE, e.g. json_valid=1.0, schema_valid=1.0, field.tool=0.9, exact_match=0.5."""
     baseline: Path | None = None
     """An older report.json: any metric that drops by more than --tolerance fails the gate."""
     tolerance: float = 0.02
@@ -517,7 +517,7 @@ def score(task: Task, examples: list[Example], answers: list, name: str = PRIMAR
         })
 
     metrics: dict[str, float | None] = {
-        "json_parse": _rate(parsed, n), "json_valid": _rate(valid, n), "exact_match": _rate(exact, n),
+        "json_valid": _rate(parsed, n), "schema_valid": _rate(valid, n), "exact_match": _rate(exact, n),
     }
     fields: dict[str, dict] = {}
     for spec in specs:
@@ -637,19 +637,17 @@ def _base_model_ref(run_dir: Path, contract: dict) -> str | None:
     """Where the un-fine-tuned base of a run is: run_dir/base/, the manifest's record, or contract["base_model"]."""
     from schemabuild.runs import read_json
 
-    if (run_dir / "base").is_dir():
-        return str(run_dir / "base")
-    for name in ("train_manifest.json", "manifest.json"):
-        for folder in (run_dir / "model", run_dir):
-            path = folder / name
-            if path.is_file():
-                try:
-                    data = read_json(path)
-                except (OSError, ValueError):
-                    continue
-                for key in ("base_dir", "base_path", "base_model_dir"):
-                    if isinstance(data, dict) and data.get(key) and Path(data[key]).exists():
-                        return str(data[key])
+    for name in ("base", "tiny_base"):  # tiny runs keep their untrained base in tiny_base/
+        if (run_dir / name / "config.json").is_file():
+            return str(run_dir / name)
+    saved = run_dir / "train_config.json"
+    if saved.is_file():
+        try:
+            where = read_json(saved).get("base_model")
+        except (OSError, ValueError, AttributeError):
+            where = None
+        if where and where != "tiny":
+            return str(where)
     ref = contract.get("base_model")
     if not ref or ref == "tiny":
         return None
@@ -933,7 +931,7 @@ PALETTE = ["#2563eb", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6"]
 def svg_bars(report: dict) -> str:
     """Horizontal grouped bars: accuracy-like metrics (rates) per model."""
     models = list(report["models"])
-    names = ["json_parse", "json_valid", "exact_match"] + [f"field.{p}" for p in report["models"][PRIMARY]["fields"]]
+    names = ["json_valid", "schema_valid", "exact_match"] + [f"field.{p}" for p in report["models"][PRIMARY]["fields"]]
     bar_h, gap, left, width = 12, 10, 220, 360
     group_h = bar_h * len(models) + gap
     height = group_h * len(names) + 40

@@ -167,7 +167,7 @@ def test_score_nested_lists_missing_keys_and_null_metrics():
     answers = [json.dumps(pred_a), json.dumps(pred_b), "{not json", '["a list"]']
     report = scored(task, [GOLD, other, GOLD, GOLD], answers)
     m = report["metrics"]
-    assert (m["json_parse"], m["json_valid"], m["exact_match"]) == (0.75, 0.5, 0.25)
+    assert (m["json_valid"], m["schema_valid"], m["exact_match"]) == (0.75, 0.5, 0.25)
     assert m["field.kind"] == 0.5  # rows 3, 4 are not JSON objects
     # items[].qty pairs: row1 2 pairs ok, row2 (3 vs 2 wrong, missing element wrong), rows 3-4 2 pairs each wrong
     assert report["fields"]["items[].qty"]["n"] == 8 and m["field.items[].qty"] == 2 / 8
@@ -197,7 +197,7 @@ def test_confusion_matrix_and_invalid_values():
     assert f["confusion"] == {"a": {"a": 1, "b": 1}, "b": {"b": 1}, "c": {"(invalid)": 1}}
     assert f["labels"] == ["a", "b", "c", "(invalid)"]
     assert f["per_value"] == {"a": 0.5, "b": 1.0, "c": 0.0}
-    assert report["metrics"]["json_valid"] == 0.75 and report["metrics"]["field.tool"] == 0.5
+    assert report["metrics"]["schema_valid"] == 0.75 and report["metrics"]["field.tool"] == 0.5
 
 
 def test_latency_and_tokens_from_predictions():
@@ -256,7 +256,7 @@ def fake_report(tool_picker):
     base = score(tool_picker, gold, ['{"tool":"no_tool","query":null}'] * 3, "base")
     failures = check_gate(model["metrics"], {"field.tool": 0.9})
     return {"task": "tool_picker", "run": "r", "data": "d.jsonl", "n": 3, "created": "now", "out": "o",
-            "metrics": model["metrics"], "models": {"model": model, "base": base}, "notes": [],
+            "metrics": model["metrics"], "models": {"finetuned": model, "base": base}, "notes": [],
             "gate": {"passed": not failures, "failures": failures, "min": {"field.tool": 0.9},
                      "baseline": None, "tolerance": 0.02}}
 
@@ -268,11 +268,11 @@ def test_reports_are_written_with_plots(tool_picker, tmp_path):
     data = json.loads(paths["json"].read_text())
     assert data["metrics"]["field.query"] == pytest.approx(2 / 3)
     assert data["gate"]["failures"] == ["FAIL field.tool = 0.667 < 0.9 (--min)"]
-    assert [r["i"] for r in data["models"]["model"]["rows"]] == [1]  # only wrong rows kept in report.json
+    assert [r["i"] for r in data["models"]["finetuned"]["rows"]] == [1]  # only wrong rows kept in report.json
     assert len(paths["predictions"].read_text().splitlines()) == 6  # every row of both models
     md = paths["md"].read_text()
     assert "| field.tool | 0.667 | 0.333 |" in md
-    assert "### Confusion `tool` (model)" in md and "`tool`: expected \"no_tool\", got \"web.search\"" in md
+    assert "### Confusion `tool` (finetuned)" in md and "`tool`: expected \"no_tool\", got \"web.search\"" in md
     page = paths["html"].read_text()
     assert page.count("<svg") == 4  # bars, two confusion heatmaps (model, base), one latency histogram
     assert 'class="bars"' in page and 'class="confusion"' in page and 'class="histogram"' in page
