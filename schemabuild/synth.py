@@ -1,8 +1,32 @@
-"""Synthesize a validated training set: setup → teacher → checks → save (owned by the synthesis work)."""
+"""Synthesize a validated training set: setup → generate → label → check → split → save.
+
+    schemabuild synth tool_picker                  # offline without OPENAI_API_KEY / OPENAI_BASE_URL
+    OPENAI_API_KEY=... schemabuild synth tool_picker --n 2000 --budget-usd 1
+
+Writes `runs/<task>/<run-id>/data/`: train.jsonl and val.jsonl (OpenAI chat format, assistant = canonical
+JSON), rejects.jsonl (input, raw, stage, reason), manifest.json (counts, reasons, teacher, cost, hashes).
+Every teacher call is cached, so a killed run, rerun, repeats none of its finished calls and writes the
+same rows.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+from pathlib import Path
+
+from schemabuild.config import ConfigError
+
+MAX_ROUNDS = 5
+"""Rounds of generate → label → check before giving up on reaching --n."""
+OVERGENERATE = 1.3
+"""Ask the teacher for this many times the missing rows (checks reject some)."""
 
 
 @dataclasses.dataclass
@@ -10,10 +34,450 @@ class SynthConfig:
     """Settings of `schemabuild synth` (each field is a CLI flag)."""
 
     n: int = 1000
-    """How many training pairs to aim for."""
+    """How many training pairs to aim for (the task's examples included)."""
     seed: int = 0
     """Random seed for input generation and the train/val split."""
+    teacher_model: str = "gpt-4o-mini"
+    """Teacher model name at OPENAI_BASE_URL (ignored by the offline teacher)."""
+    concurrency: int = 16
+    """Teacher calls in flight at once."""
+    timeout: float = 60.0
+    """Seconds before one teacher call is abandoned and retried."""
+    max_retries: int = 5
+    """Retries per teacher call on 429, 5xx, timeouts and dropped connections."""
+    budget_usd: float | None = None
+    """Stop calling the teacher once this many USD are spent; what was labelled so far is saved."""
+    price_in: float | None = None
+    """USD per 1M prompt tokens (default: the known price of --teacher-model)."""
+    price_out: float | None = None
+    """USD per 1M completion tokens (default: the known price of --teacher-model)."""
+    batch: bool = False
+    """Label through the OpenAI Batch API (half price, slower)."""
+    batch_poll_s: float = 10.0
+    """Seconds between Batch API status polls."""
+    judge: bool = False
+    """Have the teacher score every kept pair 1-5 and drop those under --judge-min."""
+    judge_min: float = 3.0
+    """Lowest judge score kept (1-5)."""
+    val_fraction: float = 0.1
+    """Share of synthesized pairs held out as val.jsonl."""
+    dedup_threshold: float = 0.9
+    """Jaccard similarity of character 5-gram shingles at which two inputs are near-duplicates (also the
+    overlap at which an input counts as contaminated by a gold eval input)."""
+    decontaminate: bool = True
+    """Drop pairs whose input matches or overlaps an input of the gold eval set."""
+    eval_file: str | None = None
+    """Gold eval set to decontaminate against [default: evals/<task>.jsonl next to the tasks folder]."""
+    from_log: str | None = None
+    """OpenAI chat JSONL of logged requests: their last user messages become extra inputs to label."""
+    run: str | None = None
+    """Run directory or run id to write into [default: a new run, or the latest run if its synth was cut short]."""
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ConfigError("--n: must be at least 1")
+        if self.concurrency < 1:
+            raise ConfigError("--concurrency: must be at least 1")
+        if self.timeout <= 0:
+            raise ConfigError("--timeout: must be positive (seconds)")
+        if self.max_retries < 0:
+            raise ConfigError("--max-retries: must be 0 or more")
+        for name in ("budget_usd", "price_in", "price_out"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')}: must be 0 or more")
+        if self.batch_poll_s <= 0:
+            raise ConfigError("--batch-poll-s: must be positive (seconds)")
+        if not 1 <= self.judge_min <= 5:
+            raise ConfigError("--judge-min: must be between 1 and 5")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError("--val-fraction: must be in [0, 1)")
+        if not 0 < self.dedup_threshold <= 1:
+            raise ConfigError("--dedup-threshold: must be in (0, 1]")
+        if not self.teacher_model or not self.teacher_model.strip():
+            raise ConfigError("--teacher-model: must not be empty")
+        if self.from_log is not None and not Path(self.from_log).is_file():
+            raise ConfigError(f"--from-log: no such file {self.from_log}")
+        if self.eval_file is not None and not Path(self.eval_file).is_file():
+            raise ConfigError(f"--eval-file: no such file {self.eval_file}")
 
 
-def synthesize(task, cfg: SynthConfig, runs_dir=None):
-    raise NotImplementedError("synthesis is being written")
+# ---- setup helpers ---------------------------------------------------------------------------------
+
+def default_eval_file(task) -> Path | None:
+    """evals/<task>.jsonl next to the folder the task file lives in."""
+    if task.source is None:
+        return None
+    return Path(task.source).resolve().parent.parent / "evals" / f"{task.name}.jsonl"
+
+
+def gold_inputs(task, cfg: SynthConfig) -> tuple[list[str] | None, Path | None]:
+    """(gold inputs, their file) to decontaminate against; (None, None) when there is none or it is off."""
+    if not cfg.decontaminate:
+        return None, None
+    path = Path(cfg.eval_file) if cfg.eval_file else default_eval_file(task)
+    if path is None or not path.is_file():
+        return None, None
+    from schemabuild.task import load_jsonl_examples
+
+    return [ex.input for ex in load_jsonl_examples(task, path)], path
+
+
+def read_log_inputs(path: str | os.PathLike) -> list[str]:
+    """The last user message of each logged chat request (a body, {"body": ...} or {"request": ...})."""
+    path = Path(path)
+    inputs: list[str] = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--from-log {path}:{lineno}: not JSON: {exc.msg}") from None
+        body = row.get("body") or row.get("request") or row if isinstance(row, dict) else None
+        msgs = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(msgs, list):
+            raise ConfigError(f"--from-log {path}:{lineno}: no 'messages' list (expected an OpenAI chat request)")
+        users = [m.get("content") for m in msgs if isinstance(m, dict) and m.get("role") == "user"]
+        if not users:
+            continue
+        content = users[-1]
+        if isinstance(content, list):  # content parts
+            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        if isinstance(content, str) and content.strip() and content not in inputs:
+            inputs.append(content)
+    return inputs
+
+
+def _file_hash(path: Path | None) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path is not None and path.is_file() else None
+
+
+def expected_teacher(cfg: SynthConfig) -> str:
+    """The teacher `make_teacher` picks in this environment."""
+    if not os.environ.get("OPENAI_API_KEY") and not os.environ.get("OPENAI_BASE_URL"):
+        return "offline"
+    return "batch" if cfg.batch else "openai"
+
+
+def data_settings(task, cfg: SynthConfig, teacher: str) -> dict:
+    """The settings that change the data (what `data_is_fresh` compares)."""
+    eval_path = None
+    if cfg.decontaminate:
+        eval_path = Path(cfg.eval_file) if cfg.eval_file else default_eval_file(task)
+    return {
+        "n": cfg.n,
+        "seed": cfg.seed,
+        "teacher": teacher,
+        "teacher_model": None if teacher == "offline" else cfg.teacher_model,
+        "judge": cfg.judge and teacher != "offline",
+        "judge_min": cfg.judge_min if cfg.judge and teacher != "offline" else None,
+        "val_fraction": cfg.val_fraction,
+        "dedup_threshold": cfg.dedup_threshold,
+        "decontaminate": cfg.decontaminate,
+        "eval_file_sha": _file_hash(eval_path),
+        "from_log_sha": _file_hash(Path(cfg.from_log)) if cfg.from_log else None,
+    }
+
+
+def data_is_fresh(task, run_dir, cfg: SynthConfig | None = None) -> bool:
+    """Whether `run_dir/data` was made, completely, from this task as it is now and these settings.
+
+    `schemabuild train` re-synthesizes when this is False. `cfg` is the SynthConfig the data would be
+    made with now (default settings when None).
+    """
+    cfg = cfg or SynthConfig()
+    path = Path(run_dir) / "data" / "manifest.json"
+    if not path.is_file() or not (Path(run_dir) / "data" / "train.jsonl").is_file():
+        return False
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return False
+    return (manifest.get("complete") is True
+            and manifest.get("fingerprint") == task.fingerprint()
+            and manifest.get("settings") == data_settings(task, cfg, expected_teacher(cfg)))
+
+
+def _run_dir(task, cfg: SynthConfig, runs_dir) -> tuple[Path, bool]:
+    """(run dir, resumed): --run, else the latest run if its synth never finished, else a new run."""
+    from schemabuild.runs import latest_run, new_run, runs_root, set_latest
+
+    if cfg.run:
+        path = Path(cfg.run)
+        if not path.is_dir() and len(path.parts) == 1:  # a run id
+            path = runs_root(runs_dir) / task.name / cfg.run
+        path.mkdir(parents=True, exist_ok=True)
+        if path.resolve().parent == (runs_root(runs_dir) / task.name).resolve():
+            set_latest(path)
+        return path, False
+    latest = latest_run(task.name, runs_dir)
+    if latest is not None and (latest / "data" / "synth_config.json").is_file() \
+            and not (latest / "data" / "manifest.json").is_file():
+        return latest, True
+    return new_run(task.name, runs_dir), False
+
+
+# ---- run -------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Outcome:
+    """What the teacher loop produced."""
+
+    candidates: list
+    kept: list
+    rejects: list
+    complete: bool
+    stop_reason: str
+    surplus: int = 0
+
+
+async def _label_all(teacher, task, inputs: list[str], chunk: int, bar) -> list:
+    """Label in chunks (a budget stop loses at most one chunk's unfinished calls); BudgetExceeded carries the rows."""
+    from schemabuild.teachers import BudgetExceeded
+
+    done: list = []
+    for start in range(0, len(inputs), chunk):
+        part = inputs[start:start + chunk]
+        try:
+            rows = await teacher.label(task, part)
+        except BudgetExceeded as exc:
+            finished = [r for r in (exc.results or []) if r.error != "budget reached"]
+            exc.results = done + finished
+            raise
+        done.extend(rows)
+        bar.update(len(part))
+    return done
+
+
+async def _collect(task, cfg: SynthConfig, teacher, gold: list[str] | None, log_inputs: list[str]) -> Outcome:
+    """Rounds of generate → label → check until --n pairs pass, the teacher runs dry, or the budget stops it."""
+    from tqdm.auto import tqdm
+
+    from schemabuild.checks import Candidate, apply_judge, check_rows
+    from schemabuild.contract import canonical_json
+    from schemabuild.teachers import BudgetExceeded
+
+    candidates = [Candidate(ex.input, canonical_json(ex.output), "example") for ex in task.examples]
+    seen = {c.input for c in candidates}
+    scores: dict[str, float | None] = {}
+    chunk = 10**9 if teacher.name == "batch" else max(32, cfg.concurrency * 4)
+    kept, rejects, complete, stop = [], [], True, ""
+
+    def check():
+        nonlocal kept, rejects
+        kept, rejects = check_rows(task, candidates, dedup_threshold=cfg.dedup_threshold, gold_inputs=gold)
+
+    async def judge():
+        nonlocal kept, rejects
+        if not cfg.judge or teacher.name == "offline":
+            return
+        todo = [r for r in kept if r.source != "example" and r.input not in scores]
+        if todo:
+            got = await teacher.judge(task, [(r.input, canonical_json(r.output)) for r in todo])
+            scores.update({r.input: s for r, s in zip(todo, got)})
+        judged = [r for r in kept if r.source != "example"]
+        kept_j, rejects_j = apply_judge(judged, [scores.get(r.input) for r in judged], cfg.judge_min)
+        kept = [r for r in kept if r.source == "example"] + kept_j
+        rejects = rejects + rejects_j
+
+    try:
+        new_logs = [x for x in log_inputs if x not in seen]
+        if new_logs:
+            seen.update(new_logs)
+            with tqdm(total=len(new_logs), desc="label logged inputs", unit="pair", disable=None) as bar:
+                try:
+                    rows = await _label_all(teacher, task, new_logs, chunk, bar)
+                except BudgetExceeded as exc:
+                    candidates.extend(Candidate(r.input, r.raw, "log", r.error) for r in exc.results or [])
+                    raise
+            candidates.extend(Candidate(r.input, r.raw, "log", r.error) for r in rows)
+        for rnd in range(MAX_ROUNDS):
+            check()
+            await judge()
+            missing = cfg.n - len(kept)
+            if missing <= 0:
+                break
+            ask = math.ceil(missing * OVERGENERATE)
+            inputs = await teacher.generate_inputs(task, ask, cfg.seed + rnd)
+            fresh = [x for x in inputs if x not in seen]
+            if not fresh:
+                stop = f"the teacher produced no new inputs in round {rnd + 1}"
+                break
+            seen.update(fresh)
+            with tqdm(total=len(fresh), desc=f"label (round {rnd + 1})", unit="pair", disable=None) as bar:
+                try:
+                    rows = await _label_all(teacher, task, fresh, chunk, bar)
+                except BudgetExceeded as exc:
+                    candidates.extend(Candidate(r.input, r.raw, "teacher", r.error) for r in exc.results or [])
+                    raise
+            candidates.extend(Candidate(r.input, r.raw, "teacher", r.error) for r in rows)
+        else:
+            check()
+            await judge()
+            stop = f"{MAX_ROUNDS} rounds" if len(kept) < cfg.n else ""
+    except BudgetExceeded as exc:
+        complete, stop = False, f"budget reached ({exc})"
+        check()
+        try:
+            await judge()
+        except BudgetExceeded:
+            pass
+    surplus = 0
+    if len(kept) > cfg.n:  # keep every example and log row; trim teacher rows in order
+        fixed = [r for r in kept if r.source != "teacher"]
+        room = max(0, cfg.n - len(fixed))
+        synth_rows = [r for r in kept if r.source == "teacher"]
+        surplus = max(0, len(synth_rows) - room)
+        keep = {id(r) for r in synth_rows[:room]}
+        kept = [r for r in kept if r.source != "teacher" or id(r) in keep]
+    return Outcome(candidates, kept, rejects, complete, stop, surplus)
+
+
+def split(rows: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    """Seeded train/val split; the task's own examples always go to train."""
+    fixed = [r for r in rows if r.source == "example"]
+    rest = [r for r in rows if r.source != "example"]
+    rng = random.Random(seed)
+    rng.shuffle(rest)
+    n_val = round(len(rest) * val_fraction)
+    if val_fraction > 0 and n_val == 0 and len(rest) >= 2:
+        n_val = 1
+    val, train = rest[:n_val], fixed + rest[n_val:]
+    rng.shuffle(train)
+    return train, val
+
+
+# ---- the stage -------------------------------------------------------------------------------------
+
+def synthesize(task, cfg: SynthConfig, runs_dir=None) -> Path:
+    """Synthesize, check and save a training set for `task`; returns the run directory."""
+    import click
+
+    from schemabuild.checks import count_reasons
+    from schemabuild.config import resolved
+    from schemabuild.contract import chat_row
+    from schemabuild.runs import cache_path, write_json, write_jsonl
+    from schemabuild.teachers import make_teacher
+
+    # setup
+    gold, gold_path = gold_inputs(task, cfg)
+    log_inputs = read_log_inputs(cfg.from_log) if cfg.from_log else []
+    run_dir, resumed = _run_dir(task, cfg, runs_dir)
+    data_dir = run_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "manifest.json").unlink(missing_ok=True)
+    write_json(data_dir / "synth_config.json", resolved(cfg))
+    if resumed:
+        click.echo(f"resuming {run_dir} (its synthesis did not finish; finished teacher calls come from the cache)", err=True)
+    if cfg.decontaminate and gold is None:
+        click.echo(f"note: no gold set at {cfg.eval_file or default_eval_file(task)}; skipping decontamination", err=True)
+    teacher = make_teacher(task, cfg, cache_path(runs_dir))
+
+    # run
+    outcome = asyncio.run(_collect(task, cfg, teacher, gold, log_inputs))
+    train, val = split(outcome.kept, cfg.val_fraction, cfg.seed)
+
+    # save
+    n_train = write_jsonl(data_dir / "train.jsonl", (chat_row(task, r.input, r.output) for r in train))
+    n_val = write_jsonl(data_dir / "val.jsonl", (chat_row(task, r.input, r.output) for r in val))
+    write_jsonl(data_dir / "rejects.jsonl", (r.to_dict() for r in outcome.rejects))
+    by_stage, by_reason = count_reasons(outcome.rejects)
+    ledger = teacher.ledger()
+    note = teacher.note() if callable(getattr(teacher, "note", None)) else None
+    reached = len(outcome.kept) >= cfg.n
+    manifest = {
+        "task": task.name,
+        "complete": outcome.complete,
+        "reached_n": reached,
+        "stop_reason": outcome.stop_reason or None,
+        "counts": {
+            "requested": cfg.n,
+            "examples": len(task.examples),
+            "logged_inputs": len(log_inputs),
+            "candidates": len(outcome.candidates),
+            "kept": len(outcome.kept),
+            "train": n_train,
+            "val": n_val,
+            "rejected": len(outcome.rejects),
+            "surplus_dropped": outcome.surplus,
+        },
+        "rejected_by_stage": by_stage,
+        "rejected_by_reason": by_reason,
+        "teacher": {"name": teacher.name, "model": teacher.model, **({"note": note} if note else {})},
+        "ledger": ledger,
+        "fingerprint": task.fingerprint(),
+        "settings": data_settings(task, cfg, teacher.name),
+        "seeds": {"generate": [cfg.seed + r for r in range(MAX_ROUNDS)], "split": cfg.seed},
+        "gold_file": str(gold_path) if gold_path else None,
+        "config": resolved(cfg),
+        "versions": _versions(),
+    }
+    write_json(data_dir / "manifest.json", manifest)
+
+    # report
+    click.echo(f"teacher {teacher.name} ({teacher.model}): {len(outcome.candidates)} candidates, "
+               f"{len(outcome.kept)} kept, {len(outcome.rejects)} rejected"
+               + (f", ${ledger.get('cost_usd', 0):.4f}" if teacher.name != "offline" else ""))
+    click.echo(_table(len(outcome.kept), by_reason))
+    if not outcome.complete:
+        click.echo(f"stopped early: {outcome.stop_reason}; saved what was labelled ({len(outcome.kept)} pairs), "
+                   "manifest says complete: false. Rerun with a higher --budget-usd to continue from the cache.")
+    elif not reached:
+        click.echo(f"only {len(outcome.kept)} of --n {cfg.n} pairs: {outcome.stop_reason or 'the checks rejected the rest'}")
+    click.echo(f"wrote {n_train} train + {n_val} val rows to {data_dir}")
+    return run_dir
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("schemabuild", "pydantic", "openai"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _table(kept: int, by_reason: dict[str, int]) -> str:
+    rows = [("kept", kept)] + [(f"rejected  {k}", v) for k, v in by_reason.items()]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v:>6}" for k, v in rows)
+
+
+# ---- export ----------------------------------------------------------------------------------------
+
+def export_dataset(task, run_dir, fmt: str, out=None) -> Path:
+    """Write train.jsonl and val.jsonl of a run's data in `fmt` (openai, sharegpt, alpaca); returns the folder."""
+    import click
+
+    from schemabuild.contract import split_chat_row
+    from schemabuild.runs import read_jsonl, write_jsonl
+
+    if fmt not in ("openai", "sharegpt", "alpaca"):
+        raise ConfigError(f"--format: {fmt!r} is not a dataset format (openai, sharegpt, alpaca)")
+    data = Path(run_dir) / "data"
+    if not (data / "train.jsonl").is_file():
+        from schemabuild.task import TaskError
+
+        raise TaskError(f"{data} has no train.jsonl; run `schemabuild synth {task.name}` first")
+    out = Path(out) if out else Path(run_dir) / "export" / fmt
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+
+    def convert(row: dict) -> dict:
+        if fmt == "openai":
+            return row
+        system, user, target = split_chat_row(row)
+        if fmt == "sharegpt":
+            return {"conversations": [{"from": "system", "value": system}, {"from": "human", "value": user},
+                                      {"from": "gpt", "value": target}]}
+        return {"instruction": system, "input": user, "output": target}
+
+    for name in ("train", "val"):
+        src = data / f"{name}.jsonl"
+        write_jsonl(out / f"{name}.jsonl", (convert(r) for r in read_jsonl(src)) if src.is_file() else ())
+    click.echo(f"wrote {fmt} dataset to {out}/ (train.jsonl, val.jsonl)")
+    return out
