@@ -669,31 +669,38 @@ def _predict_base(task, run_dir: Path, texts: list[str], cfg: EvalConfig, quiet:
     return predictor.predict_many(texts, batch_size=cfg.batch_size, progress=not quiet), ref
 
 
+def run_synth_config(run_dir: Path, **overrides):
+    """The SynthConfig the run's data was made with (data/manifest.json), else the defaults; `overrides` win."""
+    from schemabuild.runs import read_json
+    from schemabuild.synth import SynthConfig
+
+    names = {f.name for f in dataclasses.fields(SynthConfig)}
+    settings = {}
+    manifest = Path(run_dir) / "data" / "manifest.json"
+    if manifest.is_file():
+        try:
+            saved = read_json(manifest).get("config") or {}
+            settings = {k: v for k, v in saved.items() if k in names and k not in ("run", "from_log", "eval_file")}
+        except (OSError, ValueError, AttributeError):
+            settings = {}
+    settings.update({k: v for k, v in overrides.items() if k in names})
+    try:
+        return SynthConfig(**settings)
+    except (TypeError, ValueError):
+        return SynthConfig(**{k: v for k, v in overrides.items() if k in names})
+
+
 def _teacher_answers(task, run_dir: Path, texts: list[str], runs_dir):
     """(answers, source) from the synthesis teacher, or (None, why) when offline."""
     import asyncio
+    import os
 
-    from schemabuild.runs import cache_path, read_json
-    from schemabuild.synth import SynthConfig
+    from schemabuild.runs import cache_path
     from schemabuild.teachers import make_teacher
 
-    settings = {}
-    manifest = run_dir / "data" / "manifest.json"
-    if manifest.is_file():
-        try:
-            saved = read_json(manifest)
-            saved = saved.get("config", saved) if isinstance(saved, dict) else {}
-            names = {f.name for f in dataclasses.fields(SynthConfig)}
-            settings = {k: v for k, v in saved.items() if k in names}
-        except (OSError, ValueError):
-            settings = {}
-    try:
-        synth_cfg = SynthConfig(**settings)
-    except (TypeError, ValueError, ConfigError):
-        synth_cfg = SynthConfig()
-    teacher = make_teacher(task, synth_cfg, cache_path(runs_dir))
-    if getattr(teacher, "name", "") == "offline":
-        return None, "teacher comparison skipped: no OPENAI_API_KEY / OPENAI_BASE_URL (offline teacher)"
+    if not os.environ.get("OPENAI_API_KEY") and not os.environ.get("OPENAI_BASE_URL"):
+        return None, "teacher comparison skipped: no OPENAI_API_KEY / OPENAI_BASE_URL (offline)"
+    teacher = make_teacher(task, run_synth_config(run_dir), cache_path(runs_dir))
     labelled = asyncio.run(teacher.label(task, texts))
     return [as_answer(x) for x in labelled], f"{teacher.name}:{teacher.model}"
 
