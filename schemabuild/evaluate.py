@@ -833,6 +833,39 @@ def assert_gate(task_name: str, min: dict[str, float] | None = None, run: str | 
     return report
 
 
+def run_is_fresh(task: Task, run_dir: Path) -> bool:
+    """Whether a run's model still fits the task: its contract matches and its data came from this task file."""
+    from schemabuild.contract import ContractError, check_contract, load_contract
+    from schemabuild.runs import read_json
+
+    try:
+        check_contract(load_contract(Path(run_dir) / "model"), task)
+    except ContractError:
+        return False
+    manifest = Path(run_dir) / "data" / "manifest.json"
+    if manifest.is_file():
+        try:
+            return read_json(manifest).get("fingerprint") == task.fingerprint()
+        except (OSError, ValueError, AttributeError):
+            return False
+    return True
+
+
+def ensure_run(task: Task, runs_dir=None, **train_settings) -> Path:
+    """The task's latest trained run when it is fresh, else a new one trained with `schemabuild train`'s
+    offline-friendly defaults (plus `train_settings`, e.g. n=300). For eval gates in CI."""
+    from schemabuild.runs import latest_run
+
+    latest = latest_run(task.name, runs_dir)
+    if latest is not None and run_is_fresh(task, latest):
+        return latest
+    from schemabuild.train import TrainConfig, train_task
+
+    why = "no trained run" if latest is None else f"{latest} is stale for the task as it is now"
+    print(f"{task.name}: {why}; training one", flush=True)
+    return Path(train_task(task, TrainConfig(eval=False, **train_settings), runs_dir=runs_dir))
+
+
 # ---- rendering -------------------------------------------------------------------------------------
 
 def _fmt(v: Any) -> str:
