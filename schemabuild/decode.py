@@ -1,0 +1,579 @@
+"""Constrained decoding: our own KV-cached decode loop over a transformers model, with xgrammar masks,
+jump-forward and batching, plus the `Engine` that batches concurrent server requests.
+
+    decoder = Decoder(model, tokenizer, stop_ids=contract["stop_ids"])
+    [result] = decoder.generate([Request(prompt_ids, grammar_schema(task.output))])
+
+One batch = one left-padded KV cache. Each forward pass feeds every live row its pending tokens (the
+prompt, then the token just chosen plus any jump-forward tokens), right-aligned with an attention mask
+and explicit position ids, so rows of different lengths share the pass. Finished rows leave the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import hashlib
+import json
+import queue
+import threading
+import time
+from typing import Any
+
+
+class GrammarError(ValueError):
+    """The schema cannot be compiled (invalid or unsupported); the server answers 400."""
+
+
+class QueueFull(Exception):
+    """The engine's queue is full; the server answers 429."""
+
+
+@dataclasses.dataclass
+class Request:
+    """One generation request."""
+
+    prompt_ids: list[int]
+    """Prompt token ids (from `contract.encode_prompt`)."""
+    schema: dict | None
+    """JSON schema to follow (task schemas already through `contract.grammar_schema`); None = any JSON (json_object mode)."""
+    max_tokens: int = 256
+    """Most completion tokens, the stop token included."""
+    temperature: float = 0.0
+    """0 = greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (with temperature > 0)."""
+    seed: int | None = None
+    """Seed of this request's own torch.Generator (sampling only)."""
+    adapter: str | None = None
+    """PEFT adapter name on a shared base; None = the model as loaded."""
+    constrained: bool = True
+    """False = no grammar at all (benchmarks and debugging only; `schema` is ignored)."""
+
+
+@dataclasses.dataclass
+class Result:
+    """What one request produced."""
+
+    token_ids: list[int]
+    """Completion ids, the stop token included when finish_reason is "stop"."""
+    text: str
+    """The completion text without the stop token."""
+    finish_reason: str
+    """"stop" (stop token chosen or the grammar allows nothing else) or "length"."""
+    token_logprobs: list[float]
+    """Per token of `token_ids`: log-probability under the grammar-masked distribution (0.0 for forced tokens)."""
+    forward_passes: int
+    """Model forward passes this request took part in (prefill included)."""
+    prompt_tokens: int
+    completion_tokens: int
+
+
+# ---- grammars --------------------------------------------------------------------------------------
+
+_COMPILERS: dict[int, tuple[Any, Any]] = {}
+_GRAMMARS: "collections.OrderedDict[tuple[int, str], Any]" = collections.OrderedDict()
+_GRAMMAR_CACHE_SIZE = 256
+_GRAMMAR_LOCK = threading.Lock()
+
+
+def grammar_key(schema: dict | None) -> str:
+    """The cache key of a schema (None = the builtin JSON grammar)."""
+    if schema is None:
+        return "json"
+    return hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def compile_grammar(tokenizer_info, schema: dict | None):
+    """The xgrammar CompiledGrammar for `schema`, compiled once per (tokenizer, schema) and cached.
+
+    Compact separators and no free whitespace, as in the canonical training targets. None compiles the
+    builtin JSON grammar (json_object mode). Raises GrammarError for a schema xgrammar rejects.
+    """
+    import xgrammar as xgr
+
+    if schema is not None and not isinstance(schema, dict):
+        raise GrammarError(f"schema must be a JSON object, got {type(schema).__name__}")
+    try:
+        key = (id(tokenizer_info), grammar_key(schema))
+    except (TypeError, ValueError) as exc:
+        raise GrammarError(f"schema is not JSON-serialisable: {exc}") from None
+    with _GRAMMAR_LOCK:
+        if key in _GRAMMARS:
+            _GRAMMARS.move_to_end(key)
+            return _GRAMMARS[key]
+        if id(tokenizer_info) not in _COMPILERS:
+            # Holding tokenizer_info keeps its id from being reused by another object.
+            _COMPILERS[id(tokenizer_info)] = (tokenizer_info, xgr.GrammarCompiler(tokenizer_info))
+        compiler = _COMPILERS[id(tokenizer_info)][1]
+        try:
+            if schema is None:
+                compiled = compiler.compile_builtin_json_grammar()
+            else:
+                compiled = compiler.compile_json_schema(
+                    json.dumps(schema), any_whitespace=False, separators=(",", ":"), strict_mode=True
+                )
+        except Exception as exc:  # noqa: BLE001 - xgrammar raises RuntimeError with a C++ location prefix
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GrammarError(f"unsupported or invalid JSON schema: {msg.split(': ', 1)[-1]}") from None
+        _GRAMMARS[key] = compiled
+        if len(_GRAMMARS) > _GRAMMAR_CACHE_SIZE:
+            _GRAMMARS.popitem(last=False)
+        return compiled
+
+
+def grammar_cache_size() -> int:
+    return len(_GRAMMARS)
+
+
+# ---- the decode loop -------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Row:
+    """Decode state of one request inside a batch."""
+
+    index: int
+    req: Request
+    matcher: Any
+    generator: Any
+    pending: list[int]
+    n_seen: int = 0
+    ids: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    passes: int = 0
+    finish: str | None = None
+
+
+class Decoder:
+    """Batched, grammar-constrained decoding with a KV cache over a transformers causal LM."""
+
+    def __init__(self, model, tokenizer, stop_ids: list[int], device=None, jump_forward: bool = True):
+        import torch
+        import xgrammar as xgr
+
+        if not stop_ids:
+            raise ValueError("stop_ids must name at least one token")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.stop_ids = [int(i) for i in stop_ids]
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.jump_forward = jump_forward
+        self.vocab_size = int(model.config.vocab_size if hasattr(model, "config") else len(tokenizer))
+        self.tokenizer_info = xgr.TokenizerInfo.from_huggingface(
+            tokenizer, vocab_size=self.vocab_size, stop_token_ids=self.stop_ids
+        )
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.default_adapter = getattr(model, "active_adapter", None) if hasattr(model, "peft_config") else None
+        self._splits: dict[bytes, set[int]] | None = None
+        self._first_byte = None
+        self._lock = threading.Lock()  # one generate at a time per model (the Engine's thread and others)
+
+    # -- public --
+
+    def generate(self, requests: list[Request]) -> list[Result]:
+        """Decode `requests` together (one batch per adapter), results in request order."""
+        import torch
+
+        for r in requests:
+            self._check(r)
+        results: list[Result | None] = [None] * len(requests)
+        groups: dict[str | None, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(r.adapter, []).append(i)
+        with self._lock, torch.inference_mode():
+            for adapter, idx in groups.items():
+                self._use_adapter(adapter)
+                for i, res in zip(idx, self._generate_batch([requests[i] for i in idx])):
+                    results[i] = res
+        return results  # type: ignore[return-value]
+
+    def compile(self, schema: dict | None):
+        """Compile (or fetch from the cache) the grammar for `schema`; GrammarError when it cannot."""
+        return compile_grammar(self.tokenizer_info, schema)
+
+    # -- setup --
+
+    def _check(self, r: Request) -> None:
+        if not r.prompt_ids:
+            raise ValueError("prompt_ids is empty")
+        if r.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        if r.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < r.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if r.adapter is not None:
+            names = set(getattr(self.model, "peft_config", {}) or {})
+            if r.adapter not in names:
+                raise ValueError(f"unknown adapter {r.adapter!r} (loaded: {', '.join(sorted(names)) or 'none'})")
+        if r.constrained:
+            self.compile(r.schema)
+
+    def _use_adapter(self, adapter: str | None) -> None:
+        name = adapter if adapter is not None else self.default_adapter
+        if name is not None and getattr(self.model, "active_adapter", None) != name:
+            self.model.set_adapter(name)
+
+    def _new_row(self, i: int, r: Request) -> _Row:
+        import torch
+        import xgrammar as xgr
+
+        matcher = xgr.GrammarMatcher(self.compile(r.schema)) if r.constrained else None
+        gen = None
+        if r.temperature > 0:
+            gen = torch.Generator(device=self.device)
+            if r.seed is not None:
+                gen.manual_seed(int(r.seed))
+            else:
+                gen.seed()
+        return _Row(index=i, req=r, matcher=matcher, generator=gen, pending=list(r.prompt_ids))
+
+    # -- run --
+
+    def _generate_batch(self, requests: list[Request]) -> list[Result]:
+        import torch
+        import xgrammar as xgr
+        from transformers import DynamicCache
+
+        rows = [self._new_row(i, r) for i, r in enumerate(requests)]
+        live = list(rows)
+        cache = DynamicCache()
+        mask = torch.zeros((len(rows), 0), dtype=torch.long, device=self.device)
+        bitmask = xgr.allocate_token_bitmask(len(rows), self.vocab_size)
+        while live:
+            # One forward pass: each live row's pending tokens, right-aligned (left padding inside the step).
+            width = max(len(row.pending) for row in live)
+            ids = torch.full((len(live), width), self.pad_id, dtype=torch.long)
+            step_mask = torch.zeros((len(live), width), dtype=torch.long)
+            pos = torch.zeros((len(live), width), dtype=torch.long)
+            for b, row in enumerate(live):
+                n = len(row.pending)
+                ids[b, width - n:] = torch.tensor(row.pending)
+                step_mask[b, width - n:] = 1
+                pos[b, width - n:] = torch.arange(row.n_seen, row.n_seen + n)
+                row.n_seen += n
+                row.pending = []
+                row.passes += 1
+            mask = torch.cat([mask, step_mask.to(self.device)], dim=1)
+            out = self.model(
+                input_ids=ids.to(self.device), attention_mask=mask, position_ids=pos.to(self.device),
+                past_key_values=cache, use_cache=True, logits_to_keep=1,
+            )
+            cache = out.past_key_values
+            logits = out.logits[:, -1, :].float()
+            if logits.shape[-1] > self.vocab_size:
+                logits = logits[:, : self.vocab_size]
+
+            constrained = [b for b, row in enumerate(live) if row.matcher is not None]
+            if constrained:
+                for b in constrained:
+                    live[b].matcher.fill_next_token_bitmask(bitmask, b)
+                xgr.apply_token_bitmask_inplace(
+                    logits, bitmask[: len(live)].to(self.device, non_blocking=True), indices=constrained
+                )
+            logprobs = torch.log_softmax(logits, dim=-1)
+            chosen = self._choose(logits, live)
+            chosen_lp = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
+            for b, (row, tok, lp) in enumerate(zip(live, chosen.tolist(), chosen_lp)):
+                self._advance(row, tok, lp, bitmask, b)
+
+            keep = [b for b, row in enumerate(live) if row.finish is None]
+            if len(keep) < len(live):
+                if keep:
+                    index = torch.tensor(keep, device=self.device)
+                    cache.batch_select_indices(index)
+                    mask = mask[index]
+                live = [live[b] for b in keep]
+        return [self._result(row) for row in rows]
+
+    def _choose(self, logits, live: list[_Row]):
+        """Greedy argmax per row, or temperature/top-p sampling with the row's own generator."""
+        import torch
+
+        chosen = torch.argmax(logits, dim=-1)
+        for b, row in enumerate(live):
+            r = row.req
+            if r.temperature <= 0:
+                continue
+            probs = torch.softmax(logits[b] / r.temperature, dim=-1)
+            if r.top_p < 1.0:
+                sorted_p, order = torch.sort(probs, descending=True)
+                cum = torch.cumsum(sorted_p, dim=-1)
+                drop = (cum - sorted_p) >= r.top_p  # keep the smallest prefix reaching top_p (the first always)
+                sorted_p = sorted_p.masked_fill(drop, 0.0)
+                probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+            chosen[b] = torch.multinomial(probs, 1, generator=row.generator)[0]
+        return chosen
+
+    def _advance(self, row: _Row, tok: int, logprob: float, bitmask, b: int) -> None:
+        """Take the chosen token, then (jump-forward) any tokens the grammar forces after it."""
+        r = row.req
+        row.ids.append(tok)
+        row.logprobs.append(float(logprob))
+        if tok in self.stop_ids:
+            if row.matcher is not None:
+                row.matcher.accept_token(tok)
+            row.finish = "stop"
+            return
+        if row.matcher is not None and not row.matcher.accept_token(tok):
+            # Only possible when the mask had no allowed token left (e.g. a vocabulary the grammar cannot finish).
+            row.ids.pop()
+            row.logprobs.pop()
+            row.finish = "length"
+            return
+        if len(row.ids) >= r.max_tokens:
+            row.finish = "length"
+            return
+        pending = [tok]
+        if self.jump_forward and row.matcher is not None:
+            forced = self._forced_tokens(row, bitmask, b)
+            room = r.max_tokens - len(row.ids)
+            if len(forced) > room:  # the budget ends inside the forced text
+                row.ids.extend(forced[:room])
+                row.logprobs.extend([0.0] * room)
+                row.finish = "length"
+                return
+            row.ids.extend(forced)
+            row.logprobs.extend([0.0] * len(forced))
+            pending.extend(forced)
+            if self._only_stop_allowed(row.matcher, bitmask, b):
+                if len(row.ids) < r.max_tokens:
+                    row.ids.append(self.stop_ids[0])
+                    row.logprobs.append(0.0)
+                    row.finish = "stop"
+                else:
+                    row.finish = "length"
+                return
+            if len(row.ids) >= r.max_tokens:
+                row.finish = "length"
+                return
+        row.pending = pending
+
+    # -- jump-forward --
+
+    def _forced_tokens(self, row: _Row, bitmask, b: int) -> list[int]:
+        """Tokens for the text the grammar forces next, tokenized as training tokenized whole targets.
+
+        The forced text is appended to the text so far and the whole is retokenized; the jump happens only
+        when that keeps the tokens generated so far, and the last forced token is kept only when no
+        vocabulary token could span its end given what the grammar allows next (else the model picks it).
+        """
+        forced_text = row.matcher.find_jump_forward_string()
+        if not forced_text:
+            return []
+        so_far = self.tokenizer.decode(row.ids, skip_special_tokens=False)
+        if "\ufffd" in so_far:  # a character split across tokens: no safe text boundary
+            return []
+        full = self.tokenizer(so_far + forced_text, add_special_tokens=False)["input_ids"]
+        if full[: len(row.ids)] != row.ids or len(full) == len(row.ids):
+            return []
+        forced = full[len(row.ids):]
+        accepted = 0
+        for t in forced:
+            if not row.matcher.accept_token(t):
+                break
+            accepted += 1
+        if accepted < len(forced):
+            if accepted:
+                row.matcher.rollback(accepted)
+            return []
+        if not self._boundary_safe(so_far + forced_text, row.matcher, bitmask, b):
+            row.matcher.rollback(1)
+            forced = forced[:-1]
+        return forced
+
+    def _boundary_safe(self, text: str, matcher, bitmask, b: int) -> bool:
+        """True when no vocabulary token can span the end of `text` into what the grammar allows next."""
+        import numpy as np
+
+        if self._splits is None:
+            self._build_splits()
+        matcher.fill_next_token_bitmask(bitmask, b)
+        bits = np.unpackbits(bitmask[b].numpy().view(np.uint8), bitorder="little")[: self.vocab_size]
+        allowed = np.nonzero(bits)[0]
+        firsts = self._first_byte[allowed]
+        next_bytes = set(np.unique(firsts[firsts >= 0]).tolist())
+        if not next_bytes:
+            return True
+        tail = text.encode("utf-8")[-self._max_token_len:]
+        for k in range(1, len(tail) + 1):
+            follow = self._splits.get(tail[-k:])
+            if follow and follow & next_bytes:
+                return False
+        return True
+
+    def _build_splits(self) -> None:
+        """For every proper prefix u of a vocabulary token: the set of bytes that follow u in some token."""
+        import numpy as np
+
+        vocab = self.tokenizer_info.decoded_vocab
+        special = set(self.tokenizer_info.special_token_ids) | set(self.stop_ids)
+        first = np.full(self.vocab_size, -1, dtype=np.int16)
+        splits: dict[bytes, set[int]] = {}
+        longest = 1
+        for i, tok in enumerate(vocab[: self.vocab_size]):
+            if i in special or not tok:
+                continue
+            first[i] = tok[0]
+            longest = max(longest, len(tok))
+            for k in range(1, len(tok)):
+                splits.setdefault(tok[:k], set()).add(tok[k])
+        self._first_byte, self._splits, self._max_token_len = first, splits, longest
+
+    def _only_stop_allowed(self, matcher, bitmask, b: int) -> bool:
+        """The grammar is complete and admits nothing but a stop token (the output is decided)."""
+        import numpy as np
+
+        if matcher.is_terminated():
+            return True
+        if not matcher.is_completed():
+            return False
+        matcher.fill_next_token_bitmask(bitmask, b)
+        bits = np.unpackbits(bitmask[b].numpy().view(np.uint8), bitorder="little")[: self.vocab_size]
+        allowed = set(np.nonzero(bits)[0].tolist())
+        return allowed <= set(self.stop_ids)
+
+    def _result(self, row: _Row) -> Result:
+        content = [t for t in row.ids if t not in self.stop_ids]
+        return Result(
+            token_ids=row.ids,
+            text=self.tokenizer.decode(content, skip_special_tokens=False),
+            finish_reason=row.finish or "length",
+            token_logprobs=row.logprobs,
+            forward_passes=row.passes,
+            prompt_tokens=len(row.req.prompt_ids),
+            completion_tokens=len(row.ids),
+        )
+
+
+# ---- dynamic batching for the server ---------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Job:
+    req: Request
+    future: Any
+    loop: Any
+
+
+class Engine:
+    """Dynamic batching: a worker thread gathers requests for `window_ms` (up to `max_batch`) and decodes
+    them together, one `Decoder.generate` per adapter group; each caller awaits its own result."""
+
+    def __init__(self, decoder: Decoder, max_batch: int = 32, window_ms: float = 3.0, max_queue: int = 256):
+        self.decoder = decoder
+        self.max_batch = max_batch
+        self.window_ms = window_ms
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
+        self._thread: threading.Thread | None = None
+        self._stats = {"requests": 0, "batches": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                       "forward_passes": 0, "batch_sizes": collections.Counter(), "busy_s": 0.0}
+        self._stats_lock = threading.Lock()
+
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._work, name="schemabuild-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the queued work, then end the worker thread."""
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+        self._thread = None
+
+    async def submit(self, req: Request) -> Result:
+        """Queue `req` and wait for its result; QueueFull when the queue is full, GrammarError/ValueError for a bad request."""
+        if self._thread is None or not self._thread.is_alive():
+            self.start()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        try:
+            self._queue.put_nowait(_Job(req, fut, loop))
+        except queue.Full:
+            raise QueueFull(f"the request queue is full ({self._queue.maxsize} waiting)") from None
+        return await fut
+
+    def stats(self) -> dict:
+        with self._stats_lock:
+            s = dict(self._stats)
+            s["batch_sizes"] = dict(sorted(self._stats["batch_sizes"].items()))
+        s["queue_depth"] = self._queue.qsize()
+        s["running"] = self._thread is not None and self._thread.is_alive()
+        s["grammars_cached"] = grammar_cache_size()
+        return s
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            jobs, stopping = [job], False
+            deadline = time.monotonic() + self.window_ms / 1000
+            while len(jobs) < self.max_batch:
+                left = deadline - time.monotonic()
+                try:
+                    nxt = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                jobs.append(nxt)
+            self._run(jobs)
+            if stopping:
+                return
+
+    def _run(self, jobs: list[_Job]) -> None:
+        # Bad requests (schema, parameters) fail alone before the batch is formed.
+        good = []
+        for job in jobs:
+            try:
+                self.decoder._check(job.req)
+                good.append(job)
+            except Exception as exc:  # noqa: BLE001 - handed to that caller only
+                self._settle(job, error=exc)
+        if not good:
+            return
+        t0 = time.perf_counter()
+        try:
+            results = self.decoder.generate([j.req for j in good])
+        except Exception:  # noqa: BLE001 - isolate the request that breaks the batch
+            results = None
+        if results is None:
+            for job in good:
+                try:
+                    [res] = self.decoder.generate([job.req])
+                    self._settle(job, result=res)
+                except Exception as exc:  # noqa: BLE001
+                    self._settle(job, error=exc)
+        else:
+            for job, res in zip(good, results):
+                self._settle(job, result=res)
+        with self._stats_lock:
+            self._stats["batches"] += 1
+            self._stats["batch_sizes"][len(good)] += 1
+            self._stats["busy_s"] += time.perf_counter() - t0
+
+    def _settle(self, job: _Job, result: Result | None = None, error: Exception | None = None) -> None:
+        with self._stats_lock:
+            self._stats["requests"] += 1
+            if error is not None:
+                self._stats["errors"] += 1
+            else:
+                self._stats["prompt_tokens"] += result.prompt_tokens
+                self._stats["completion_tokens"] += result.completion_tokens
+                self._stats["forward_passes"] += result.forward_passes
+
+        def resolve() -> None:
+            if job.future.done():  # the caller went away
+                return
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(result)
+
+        try:
+            job.loop.call_soon_threadsafe(resolve)
+        except RuntimeError:  # the caller's loop is closed
+            pass
