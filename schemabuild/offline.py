@@ -26,13 +26,13 @@ import re
 from collections import defaultdict
 from typing import Any
 
-from schemabuild.checks import jaccard, normalize, shingles
+from schemabuild.checks import NearDupIndex, normalize, shingles
 from schemabuild.contract import canonical_json
 
 FILLERS_BEFORE = ["hey ", "yo ", "ok ", "pls ", "hi ", "um ", "so "]
 FILLERS_AFTER = [" pls", " please", " thanks", " thx", " lol", " :)", " 🙏", " 😊", " asap", " rn"]
 ENDINGS = ["?", "!", "!!", ".", "..."]
-MAX_VARIANTS = 24
+MAX_VARIANTS = 48
 """Most surface variants tried per filled carrier."""
 
 
@@ -189,7 +189,8 @@ class OfflineTeacher:
                 donors.append(values)
         if len(carrier.slots) == 1 and isinstance(carrier.slots[0][-1], str):
             field = carrier.slots[0][-1]
-            for key in (field, field + "s", field + "es"):
+            plurals = (field, field + "s", field + "es", field[:-1] + "ies" if field.endswith("y") else field)
+            for key in dict.fromkeys(plurals):
                 for v in self.task.hints.get(key, []):
                     if (v,) not in donors and v.strip():
                         donors.append((v,))
@@ -263,7 +264,8 @@ class OfflineTeacher:
         rng = random.Random(f"offline:{seed}")
         taken = {normalize(ex.input) for ex in self.task.examples}
         threshold = getattr(self.cfg, "dedup_threshold", 0.9)
-        quota = math.ceil(n / max(1, len(self.groups)))
+        # each group may make twice its share, so the others fill in for a group that runs dry
+        quota = 2 * math.ceil(n / max(1, len(self.groups)))
         per_group: list[list[tuple[str, str]]] = []
         for key in sorted(self.groups):
             bases = []
@@ -275,7 +277,9 @@ class OfflineTeacher:
                         bases.append((c, values, label))
             rng.shuffle(bases)
             pairs: list[tuple[str, str]] = []
-            group_shingles = [shingles(self.task.examples[i].input) for i in self.groups[key]]
+            near = NearDupIndex(threshold)
+            for i in self.groups[key]:
+                near.add(shingles(self.task.examples[i].input))
             rounds = max(1, min(MAX_VARIANTS, math.ceil(quota / max(1, len(bases))) * 2))
             for r in range(rounds + 1):
                 for c, values, label in bases:
@@ -288,9 +292,9 @@ class OfflineTeacher:
                         continue
                     taken.add(key_text)
                     sh = shingles(text)
-                    if any(jaccard(sh, other) >= threshold for other in group_shingles):
+                    if not sh or near.find(sh) is not None:
                         continue  # the near-duplicate check would drop it: try another variant instead
-                    group_shingles.append(sh)
+                    near.add(sh)
                     pairs.append((text, label))
             per_group.append(pairs)
         order = []

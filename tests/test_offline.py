@@ -1,0 +1,125 @@
+"""The offline teacher: recombined pairs stay valid and consistently labelled, for any task shape."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Literal, Optional
+
+from pydantic import BaseModel
+
+from schemabuild import Example, Task
+from schemabuild.checks import Candidate, check_rows, normalize
+from schemabuild.contract import canonical_json
+from schemabuild.offline import OfflineTeacher
+from schemabuild.task import load_jsonl_examples
+from tests.conftest import EVALS
+
+
+def test_carriers_and_groups_of_tool_picker(tool_picker):
+    t = OfflineTeacher(tool_picker)
+    assert len(t.groups) == 8  # one per tool: examples agree on `tool`, differ in the query slot
+    by_input = {tool_picker.examples[c.example].input: c for c in t.carriers}
+    c = by_input["billy what's the weather in Paris tomorrow"]
+    assert c.parts == ["billy what's the weather in ", ("query",), " tomorrow"]
+    assert by_input["good night everyone"].slots == ()  # no_tool, query null: variants only
+    assert "billy" in t.openers and "can you" in t.openers
+
+
+def test_pool_is_valid_consistent_distinct_and_deterministic(tool_picker):
+    t = OfflineTeacher(tool_picker)
+    pairs = t.pool(1200, seed=0)
+    assert len(pairs) == 1200
+    assert pairs == OfflineTeacher(tool_picker).pool(1200, seed=0)
+    assert pairs != t.pool(1200, seed=1)
+    assert len({normalize(x) for x, _ in pairs}) == len(pairs)
+    example_inputs = {normalize(e.input) for e in tool_picker.examples}
+    tools_of_example_queries = {e.output.query: e.output.tool for e in tool_picker.examples}
+    for text, raw in pairs:
+        out = tool_picker.validate_output(raw)
+        assert canonical_json(out) == raw
+        assert normalize(text) not in example_inputs
+        if out.query is not None:
+            assert out.query in text  # copied verbatim: slot text is never varied
+            # the donor value comes from an example with the same tool
+            assert tools_of_example_queries[out.query] == out.tool
+        else:
+            assert out.tool == "no_tool"
+    tools = [json.loads(raw)["tool"] for _, raw in pairs]
+    assert min(tools.count(t) for t in set(tools)) >= 100  # classes interleaved, no_tool included
+
+
+def test_over_a_thousand_pairs_survive_the_checks(tool_picker):
+    t = OfflineTeacher(tool_picker)
+    gold = [e.input for e in load_jsonl_examples(tool_picker, EVALS / "tool_picker.jsonl")]
+    cands = [Candidate(x, raw) for x, raw in t.pool(1500, seed=0)]
+    kept, rejects = check_rows(tool_picker, cands, dedup_threshold=0.9, gold_inputs=gold)
+    assert len(kept) >= 1000
+    assert len(rejects) < 0.1 * len(cands)
+
+
+def test_teacher_protocol_methods(tool_picker):
+    t = OfflineTeacher(tool_picker)
+    inputs = asyncio.run(t.generate_inputs(tool_picker, 50, 3))
+    assert len(inputs) == 50
+    labelled = asyncio.run(t.label(tool_picker, inputs[:5] + ["a message it never built"]))
+    assert all(r.raw and r.error is None for r in labelled[:5])
+    assert labelled[5].raw is None and "offline teacher" in labelled[5].error
+    assert asyncio.run(t.judge(tool_picker, [("a", "{}")])) == [None]
+    assert t.ledger()["calls"] == 0 and t.ledger()["cost_usd"] == 0
+    assert "no LLM" in t.note() and "48 examples" in t.note()
+
+
+class Review(BaseModel):
+    sentiment: Literal["positive", "negative"]
+    product: Optional[str]
+    summary: str
+
+
+def test_enum_fields_and_non_verbatim_strings_are_never_slots():
+    # "positive" occurs in the input but is a Literal; `summary` does not occur verbatim: neither is a slot
+    task = Task(name="reviews", instructions="x", output=Review, examples=[
+        Example("really positive about the blender", Review(sentiment="positive", product="the blender", summary="likes it")),
+        Example("the toaster is great", Review(sentiment="positive", product="the toaster", summary="likes it")),
+        Example("the kettle broke", Review(sentiment="negative", product="the kettle", summary="broken")),
+    ])
+    t = OfflineTeacher(task)
+    assert [c.slots for c in t.carriers] == [(("product",),)] * 3
+    assert len(t.groups) == 2  # (positive, likes it) and (negative, broken)
+    pairs = t.pool(40, seed=0)
+    assert pairs
+    for text, raw in pairs:
+        out = Review.model_validate_json(raw)
+        assert out.product in text
+        if out.sentiment == "negative":
+            assert out.product == "the kettle"  # its group has no other donor
+        assert "positive" not in text or out.sentiment == "positive"
+
+
+class Trip(BaseModel):
+    city: str
+    days: int
+
+
+def test_hints_named_after_the_field_fill_slots_other_hints_do_not():
+    task = Task(name="trips", instructions="x", output=Trip,
+                examples=[Example("3 days in Rome please", Trip(city="Rome", days=3)),
+                          Example("plan 3 days in Lisbon", Trip(city="Lisbon", days=3))],
+                hints={"cities": ["Kyoto"], "topics": ["museums"]})
+    pairs = OfflineTeacher(task).pool(200, seed=0)
+    cities = {Trip.model_validate_json(raw).city for _, raw in pairs}
+    assert cities == {"Rome", "Lisbon", "Kyoto"}
+    assert not any("museums" in text for text, _ in pairs)
+    assert all(Trip.model_validate_json(raw).days == 3 for _, raw in pairs)
+
+
+def test_init_template_task_gets_some_pairs(tmp_path):
+    from schemabuild.task import load_task, write_template
+
+    write_template("mood", tmp_path)
+    task = load_task("mood", tmp_path)
+    pairs = OfflineTeacher(task).pool(1000, seed=0)
+    assert 10 <= len(pairs) < 1000  # it says what it can do rather than padding
+    for text, raw in pairs:
+        out = task.validate_output(raw)
+        assert out.subject is None or out.subject in text
