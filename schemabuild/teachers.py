@@ -11,6 +11,7 @@ settings is answered from the cache without a single HTTP request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -302,6 +303,7 @@ class OpenAITeacher:
         self._loop = None
         self._client = None
         self._sem = None
+        self._users = 0
 
     def ledger(self) -> dict:
         return self._ledger.as_dict()
@@ -317,6 +319,18 @@ class OpenAITeacher:
             self._sem = asyncio.Semaphore(self.cfg.concurrency)
             self._loop = loop
         return self._client, self._sem
+
+    @contextlib.asynccontextmanager
+    async def using(self):
+        """Hold the client open for one step; the last user closes it, so no connection outlives its loop."""
+        self._users += 1
+        try:
+            yield self._session()
+        finally:
+            self._users -= 1
+            if self._users == 0 and self._client is not None:
+                client, self._client, self._loop = self._client, None, None
+                await client.close()
 
     def _params(self, temperature: float, seed: int) -> dict:
         return {"seed": seed} if _is_reasoning_model(self.model) else {"temperature": temperature, "seed": seed}
@@ -393,7 +407,9 @@ class OpenAITeacher:
         """The HTTP call with retries; the answer (cached and charged), or None when response_format is rejected."""
         import openai
 
-        extra = {"response_format": rf} if rf else {}
+        # response_format goes in as extra_body: the same JSON on the wire, without the client walking the
+        # whole schema through its typed-params transform on every call (a third of its CPU per call)
+        extra = {"extra_body": {"response_format": rf}} if rf else {}
         try:
             resp = await self.retrying(lambda: client.chat.completions.create(
                 model=self.model, messages=messages, timeout=self.cfg.timeout, **params, **extra), "chat")
@@ -425,18 +441,20 @@ class OpenAITeacher:
         """Run coroutines concurrently with a progress bar; results (or exceptions) in order; fatal errors raised."""
         from tqdm.auto import tqdm
 
-        with tqdm(total=len(coros), desc=desc, unit="call", leave=False, dynamic_ncols=True) as bar:
-            async def tracked(coro):
-                try:
-                    return await coro
-                finally:
-                    bar.update(1)
-
-            results = await asyncio.gather(*(tracked(c) for c in coros), return_exceptions=True)
+        async with self.using():
+            with tqdm(total=len(coros), desc=desc, unit="call", leave=False, dynamic_ncols=True) as bar:
+                results = await asyncio.gather(*(self._tracked(c, bar) for c in coros), return_exceptions=True)
         for r in results:
             if isinstance(r, TeacherError) or (isinstance(r, BaseException) and not isinstance(r, Exception)):
                 raise r
         return results
+
+    @staticmethod
+    async def _tracked(coro, bar):
+        try:
+            return await coro
+        finally:
+            bar.update(1)
 
     # ---- the Protocol ----------------------------------------------------------------------------------
 
@@ -479,17 +497,19 @@ class OpenAITeacher:
             raise TeacherError(f"teacher {self.model} at {self.base_url}: no inputs generated: {errors[0]}")
         return found[:n]
 
-    async def label_one(self, task, text: str) -> str:
+    async def label_one(self, task, text: str, response_format: dict | None = None) -> str:
         from schemabuild.contract import messages
 
-        raw = await self.chat(messages(task.instructions, text), self._params(0.0, self.cfg.seed), label_format(task))
+        raw = await self.chat(messages(task.instructions, text), self._params(0.0, self.cfg.seed),
+                              response_format or label_format(task))
         if self._no_response_format:
             raw = extract_json(raw) or raw
         return raw
 
     async def label(self, task, inputs: list[str]) -> list[Labelled]:
         """One structured-output call per input (task instructions as the system message)."""
-        results = await self.gather([self.label_one(task, text) for text in inputs], "label")
+        rf = label_format(task)  # built once: the schema is the same for every input
+        results = await self.gather([self.label_one(task, text, rf) for text in inputs], "label")
         return _labelled(inputs, results)
 
     async def judge(self, task, pairs: list[tuple[str, str]]) -> list[float | None]:
@@ -578,7 +598,8 @@ class BatchTeacher:
             except BudgetExceeded as exc:
                 raise BudgetExceeded(str(exc), results=_labelled(inputs, [r if r is not None else exc for r in results])
                                      ) from None
-            answers = await self._run_batch(requests)
+            async with self.chat.using():
+                answers = await self._run_batch(requests)
             for cid, (i, key) in keys.items():
                 answer = answers.get(cid) or {"error": "batch line missing from the output"}
                 if "text" in answer:
