@@ -237,10 +237,14 @@ class Decoder:
         from transformers import DynamicCache
 
         rows = [self._new_row(i, r) for i, r in enumerate(requests)]
-        live = list(rows)
-        cache = DynamicCache()
-        mask = torch.zeros((len(rows), 0), dtype=torch.long, device=self.device)
         bitmask = xgr.allocate_token_bitmask(len(rows), self.vocab_size)
+        if self.jump_forward:  # text forced before the first token (e.g. `{"tool":"`) joins the prefill
+            for b, row in enumerate(rows):
+                if row.matcher is not None:
+                    self._jump(row, bitmask, b)
+        live = [row for row in rows if row.finish is None]
+        cache = DynamicCache()
+        mask = torch.zeros((len(live), 0), dtype=torch.long, device=self.device)
         while live:
             # One forward pass: each live row's pending tokens, right-aligned (left padding inside the step).
             width = max(len(row.pending) for row in live)
@@ -269,6 +273,9 @@ class Decoder:
             if constrained:
                 for b in constrained:
                     live[b].matcher.fill_next_token_bitmask(bitmask, b)
+                with_schema = [b for b in constrained if live[b].req.schema is not None]
+                if with_schema:
+                    bitmask[with_schema] &= self._printable_mask()
                 xgr.apply_token_bitmask_inplace(
                     logits, bitmask[: len(live)].to(self.device, non_blocking=True), indices=constrained
                 )
@@ -308,7 +315,6 @@ class Decoder:
 
     def _advance(self, row: _Row, tok: int, logprob: float, bitmask, b: int) -> None:
         """Take the chosen token, then (jump-forward) any tokens the grammar forces after it."""
-        r = row.req
         row.ids.append(tok)
         row.logprobs.append(float(logprob))
         if tok in self.stop_ids:
@@ -317,38 +323,58 @@ class Decoder:
             row.finish = "stop"
             return
         if row.matcher is not None and not row.matcher.accept_token(tok):
-            # Only possible when the mask had no allowed token left (e.g. a vocabulary the grammar cannot finish).
+            # Only possible when the mask had no allowed token left (a grammar this vocabulary cannot finish).
             row.ids.pop()
             row.logprobs.pop()
             row.finish = "length"
             return
-        if len(row.ids) >= r.max_tokens:
+        if len(row.ids) >= row.req.max_tokens:
             row.finish = "length"
             return
-        pending = [tok]
+        row.pending = [tok]
         if self.jump_forward and row.matcher is not None:
-            forced = self._forced_tokens(row, bitmask, b)
-            room = r.max_tokens - len(row.ids)
-            if len(forced) > room:  # the budget ends inside the forced text
-                row.ids.extend(forced[:room])
-                row.logprobs.extend([0.0] * room)
+            self._jump(row, bitmask, b)
+
+    def _jump(self, row: _Row, bitmask, b: int) -> None:
+        """Append the tokens the grammar forces next to the output and to the next forward pass's input;
+        finish the row when the grammar then admits only a stop token."""
+        r = row.req
+        forced = self._forced_tokens(row, bitmask, b)
+        room = r.max_tokens - len(row.ids)
+        if len(forced) > room:  # the budget ends inside the forced text
+            row.ids.extend(forced[:room])
+            row.logprobs.extend([0.0] * room)
+            row.finish = "length"
+            return
+        row.ids.extend(forced)
+        row.logprobs.extend([0.0] * len(forced))
+        row.pending.extend(forced)
+        if self._only_stop_allowed(row.matcher, bitmask, b):
+            if len(row.ids) < r.max_tokens:
+                row.ids.append(self.stop_ids[0])
+                row.logprobs.append(0.0)
+                row.finish = "stop"
+            else:
                 row.finish = "length"
-                return
-            row.ids.extend(forced)
-            row.logprobs.extend([0.0] * len(forced))
-            pending.extend(forced)
-            if self._only_stop_allowed(row.matcher, bitmask, b):
-                if len(row.ids) < r.max_tokens:
-                    row.ids.append(self.stop_ids[0])
-                    row.logprobs.append(0.0)
-                    row.finish = "stop"
-                else:
-                    row.finish = "length"
-                return
-            if len(row.ids) >= r.max_tokens:
-                row.finish = "length"
-                return
-        row.pending = pending
+        elif len(row.ids) >= r.max_tokens:
+            row.finish = "length"
+
+    def _printable_mask(self):
+        """Bitmask of tokens without raw control bytes (< 0x20).
+
+        Compact canonical JSON never contains one, but xgrammar 0.2.8 compiles strings with
+        minLength/maxLength to `[^"\\\r\n]`, which admits raw control characters (invalid JSON).
+        """
+        import numpy as np
+        import torch
+
+        if getattr(self, "_printable", None) is None:
+            ok = np.ones(((self.vocab_size + 31) // 32) * 32, dtype=bool)
+            for i, tok in enumerate(self.tokenizer_info.decoded_vocab[: self.vocab_size]):
+                if any(c < 0x20 for c in tok) and i not in self.stop_ids:
+                    ok[i] = False
+            self._printable = torch.from_numpy(np.packbits(ok, bitorder="little").view(np.int32).copy())
+        return self._printable
 
     # -- jump-forward --
 

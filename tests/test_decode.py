@@ -1,0 +1,328 @@
+"""The constrained decoder: grammar cache, batched KV-cached decoding, jump-forward, sampling, the Engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import jsonschema
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemabuild.contract import encode_prompt, grammar_schema, load_contract
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models decode far faster on one intra-op thread than on two contended cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    """(model, tokenizer, contract) of the untrained tiny tool_picker model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, use_safetensors=True).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_model_dir), load_contract(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def decoder(tiny):
+    from schemabuild.decode import Decoder
+
+    model, tok, contract = tiny
+    return Decoder(model, tok, contract["stop_ids"])
+
+
+def prompts(tokenizer, task, texts):
+    return [encode_prompt(tokenizer, task.instructions, t) for t in texts]
+
+
+TEXTS = ["billy play some Daft Punk", "what's the weather in Paris tomorrow", "gif of a dancing cat",
+         "thanks billy", "set a timer for 10 minutes and then tell me a very long story about it"]
+
+
+# ---- grammar cache ---------------------------------------------------------------------------------
+
+def test_grammar_compiled_once_per_schema(decoder, tool_picker):
+    from schemabuild.decode import compile_grammar
+
+    schema = grammar_schema(tool_picker.output)
+    first = compile_grammar(decoder.tokenizer_info, schema)
+    assert compile_grammar(decoder.tokenizer_info, json.loads(json.dumps(schema))) is first
+    other = compile_grammar(decoder.tokenizer_info, {"type": "object", "properties": {"a": {"type": "integer"}}})
+    assert other is not first
+    assert compile_grammar(decoder.tokenizer_info, None) is compile_grammar(decoder.tokenizer_info, None)
+
+
+@pytest.mark.parametrize("schema, words", [
+    ({"type": "foo"}, "foo"),
+    ({"type": "object", "properties": 3}, "properties"),
+    ({"$ref": "#/$defs/Missing"}, "Missing"),
+    (["not", "an", "object"], "list"),
+])
+def test_bad_schema_is_a_grammar_error(decoder, schema, words):
+    from schemabuild.decode import GrammarError
+
+    with pytest.raises(GrammarError, match=words) as info:
+        decoder.compile(schema)
+    assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
+
+
+# ---- decoding --------------------------------------------------------------------------------------
+
+def test_batch_equals_one_by_one(decoder, tiny, tool_picker):
+    """Left-padded batching with ragged prompts and per-request budgets gives each request its solo output."""
+    from schemabuild.decode import Request
+
+    _, tok, _ = tiny
+    schema = grammar_schema(tool_picker.output)
+    reqs = [Request(p, schema, max_tokens=m) for p, m in zip(prompts(tok, tool_picker, TEXTS), [24, 8, 30, 3, 16])]
+    batch = decoder.generate(reqs)
+    solo = [decoder.generate([r])[0] for r in reqs]
+    assert [r.text for r in batch] == [r.text for r in solo]
+    assert [r.token_ids for r in batch] == [r.token_ids for r in solo]
+    for req, res in zip(reqs, batch):
+        assert res.completion_tokens == len(res.token_ids) <= req.max_tokens
+        assert res.prompt_tokens == len(req.prompt_ids)
+        assert len(res.token_logprobs) == len(res.token_ids)
+        assert all(lp <= 1e-6 for lp in res.token_logprobs)
+        assert res.finish_reason in ("stop", "length")
+        if res.finish_reason == "length":
+            assert res.completion_tokens == req.max_tokens
+        assert res.text.startswith('{"tool":"')  # the grammar holds even for an untrained model
+    assert batch[3].finish_reason == "length" and batch[3].completion_tokens == 3
+
+
+def test_jump_forward_feeds_forced_text_in_one_pass(tiny, tool_picker):
+    """The opening `{"tool":"` is forced by the grammar: fewer forward passes than output tokens."""
+    from schemabuild.decode import Decoder, Request
+
+    model, tok, contract = tiny
+    schema = grammar_schema(tool_picker.output)
+    [p] = prompts(tok, tool_picker, TEXTS[:1])
+    plain = Decoder(model, tok, contract["stop_ids"], jump_forward=False).generate([Request(p, schema, max_tokens=12)])[0]
+    jump = Decoder(model, tok, contract["stop_ids"], jump_forward=True).generate([Request(p, schema, max_tokens=12)])[0]
+    assert plain.forward_passes == plain.completion_tokens == 12
+    assert jump.completion_tokens == 12
+    assert jump.forward_passes < plain.forward_passes
+    assert 0.0 in jump.token_logprobs  # forced tokens carry probability 1
+
+
+def test_sampling_is_seeded_and_top_p_tiny_is_greedy(decoder, tiny, tool_picker):
+    from schemabuild.decode import Request
+
+    _, tok, _ = tiny
+    schema = grammar_schema(tool_picker.output)
+    [p] = prompts(tok, tool_picker, TEXTS[1:2])
+    greedy = decoder.generate([Request(p, schema, max_tokens=16)])[0]
+    sampled = [Request(p, schema, max_tokens=16, temperature=1.5, seed=s) for s in range(6)]
+    first = decoder.generate(sampled)
+    again = decoder.generate(sampled[::-1])[::-1]  # other batch positions, same seeds
+    assert [r.text for r in first] == [r.text for r in again]
+    assert len({r.text for r in first}) > 1
+    nucleus = decoder.generate([Request(p, schema, max_tokens=16, temperature=1.0, top_p=1e-9, seed=3)])[0]
+    assert nucleus.text == greedy.text
+
+
+def test_json_object_mode_and_unconstrained(decoder, tiny, tool_picker):
+    from schemabuild.decode import Request
+
+    _, tok, _ = tiny
+    [p] = prompts(tok, tool_picker, TEXTS[2:3])
+    free = decoder.generate([Request(p, None, max_tokens=20)])[0]
+    assert free.text.lstrip()[:1] in ("{", "[")
+    if free.finish_reason == "stop":
+        json.loads(free.text)
+    raw = decoder.generate([Request(p, {"type": "foo"}, max_tokens=5, constrained=False)])[0]
+    assert raw.completion_tokens <= 5 and raw.forward_passes == raw.completion_tokens
+
+
+def test_bad_requests_are_value_errors(decoder, tiny, tool_picker):
+    from schemabuild.decode import Request
+
+    _, tok, _ = tiny
+    [p] = prompts(tok, tool_picker, TEXTS[:1])
+    for bad, words in [(Request([], None), "prompt_ids"), (Request(p, None, max_tokens=0), "max_tokens"),
+                       (Request(p, None, temperature=-1), "temperature"), (Request(p, None, top_p=0), "top_p"),
+                       (Request(p, None, adapter="nope"), "adapter")]:
+        with pytest.raises(ValueError, match=words):
+            decoder.generate([bad])
+
+
+# ---- every completed output validates: generated schemas × random tiny models -------------------------
+
+@pytest.fixture(scope="module")
+def random_models(tmp_path_factory, tool_picker):
+    """A very small tokenizer and three randomly initialised 1-layer models sharing it."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from schemabuild.contract import end_of_turn
+    from schemabuild.tiny import TinyConfig, build_tiny
+
+    path = build_tiny(tool_picker, tmp_path_factory.mktemp("rand"), config=TinyConfig(
+        vocab_size=320, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1))
+    tok = AutoTokenizer.from_pretrained(path)
+    config = LlamaConfig.from_pretrained(path)
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config).eval()
+        with torch.no_grad():  # sharper random logits: outputs end sooner than with near-uniform ones
+            model.lm_head.weight.mul_(8.0)
+        models.append(model)
+    return tok, models, end_of_turn(tok)[1]
+
+
+LEAF = st.sampled_from([
+    {"type": "string"}, {"type": "string", "maxLength": 4}, {"type": "integer"}, {"type": "number"},
+    {"type": "boolean"}, {"enum": ["red", "green", "blue"]}, {"type": "integer", "minimum": 0, "maximum": 9},
+    {"anyOf": [{"type": "string", "maxLength": 3}, {"type": "null"}]},
+    {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+])
+NAMES = st.sampled_from(["a", "name", "count", "ok", "kind", "x_1", "items", "sub"])
+
+
+def _obj(children):
+    return st.dictionaries(NAMES, children, min_size=1, max_size=3).map(
+        lambda props: {"type": "object", "properties": props})
+
+
+SCHEMAS = st.recursive(
+    LEAF,
+    lambda inner: st.one_of(
+        st.builds(lambda s: {"type": "array", "items": s, "maxItems": 2}, inner),
+        _obj(inner),
+    ),
+    max_leaves=5,
+).map(lambda s: s if s.get("type") == "object" else {"type": "object", "properties": {"value": s}})
+
+
+def test_completed_outputs_validate(random_models):
+    from schemabuild.decode import Decoder, Request
+
+    tok, models, stop_ids = random_models
+    decoders = [Decoder(m, tok, stop_ids) for m in models]
+    prompt = tok("<|im_start|>user\nmake json<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    seen = {"stop": 0, "length": 0}
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(schema=SCHEMAS, which=st.integers(0, 2), seed=st.integers(0, 2**16))
+    def check(schema, which, seed):
+        schema = grammar_schema(schema)
+        reqs = [Request(prompt, schema, max_tokens=40, temperature=t, seed=seed) for t in (0.0, 1.0, 1.0)]
+        reqs[2].seed = seed + 1
+        for res in decoders[which].generate(reqs):
+            seen[res.finish_reason] += 1
+            assert res.completion_tokens <= 40
+            if res.finish_reason == "stop":
+                jsonschema.validate(json.loads(res.text), schema)
+            else:
+                assert res.completion_tokens == 40
+
+    check()
+    assert seen["stop"] > 0, seen
+
+
+# ---- jump-forward equals plain constrained greedy on the gold set (trained model) ----------------------
+
+@pytest.mark.slow
+def test_jump_forward_equals_plain_greedy_on_gold_set(trained_run, tool_picker):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from schemabuild.decode import Decoder, Request
+    from schemabuild.task import load_jsonl_examples
+    from tests.conftest import EVALS
+
+    model_dir = trained_run / "model"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    stop_ids = load_contract(model_dir)["stop_ids"]
+    gold = load_jsonl_examples(tool_picker, EVALS / "tool_picker.jsonl")
+    schema = grammar_schema(tool_picker.output)
+    reqs = [Request(p, schema, max_tokens=64) for p in prompts(tok, tool_picker, [ex.input for ex in gold])]
+    plain = Decoder(model, tok, stop_ids, jump_forward=False).generate(reqs)
+    jump = Decoder(model, tok, stop_ids, jump_forward=True).generate(reqs)
+    assert [r.text for r in jump] == [r.text for r in plain]
+    assert [r.finish_reason for r in jump] == [r.finish_reason for r in plain]
+    assert sum(r.forward_passes for r in jump) < sum(r.forward_passes for r in plain)
+    assert sum(r.finish_reason == "stop" for r in jump) >= len(gold) * 0.9
+
+
+# ---- the Engine ------------------------------------------------------------------------------------
+
+def test_engine_batches_concurrent_requests(decoder, tiny, tool_picker):
+    from schemabuild.decode import Engine, GrammarError, Request
+
+    _, tok, _ = tiny
+    schema = grammar_schema(tool_picker.output)
+    reqs = [Request(p, schema, max_tokens=10) for p in prompts(tok, tool_picker, TEXTS * 2)]
+    expected = [decoder.generate([r])[0].text for r in reqs]
+    engine = Engine(decoder, max_batch=32, window_ms=50)
+    engine.start()
+
+    async def main():
+        good = asyncio.gather(*(engine.submit(r) for r in reqs))
+        bad = asyncio.ensure_future(engine.submit(Request(reqs[0].prompt_ids, {"type": "foo"})))
+        results = await good
+        with pytest.raises(GrammarError):
+            await bad
+        after = await engine.submit(reqs[0])  # the worker survived the bad request
+        return results, after
+
+    try:
+        results, after = asyncio.run(main())
+    finally:
+        engine.stop()
+    assert [r.text for r in results] == expected
+    assert after.text == expected[0]
+    stats = engine.stats()
+    assert stats["requests"] == len(reqs) + 2 and stats["errors"] == 1
+    assert stats["batches"] < len(reqs) + 1
+    assert max(stats["batch_sizes"]) > 1
+    assert stats["completion_tokens"] == sum(r.completion_tokens for r in results) + after.completion_tokens
+    assert stats["queue_depth"] == 0 and not stats["running"]
+
+
+def test_engine_queue_full(decoder, tiny, tool_picker):
+    import threading
+
+    from schemabuild.decode import Engine, QueueFull, Request
+
+    _, tok, _ = tiny
+    [p] = prompts(tok, tool_picker, TEXTS[:1])
+    req = Request(p, None, max_tokens=2)
+    gate = threading.Event()
+    original = decoder.generate
+    decoder.generate = lambda rs: (gate.wait(30), original(rs))[1]
+    engine = Engine(decoder, max_batch=1, window_ms=0, max_queue=1)
+
+    async def main():
+        first = asyncio.ensure_future(engine.submit(req))
+        # submit() starts the worker and queues in one step: once the queue is empty again, the worker holds it.
+        while engine._thread is None or engine.stats()["queue_depth"] != 0:
+            await asyncio.sleep(0.005)
+        second = asyncio.ensure_future(engine.submit(req))
+        await asyncio.sleep(0.01)
+        assert engine.stats()["queue_depth"] == 1
+        with pytest.raises(QueueFull):
+            await engine.submit(req)
+        gate.set()
+        return await first, await second
+
+    try:
+        a, b = asyncio.run(main())
+    finally:
+        gate.set()
+        decoder.generate = original
+        engine.stop()
+    assert a.completion_tokens == b.completion_tokens == 2
