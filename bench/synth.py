@@ -78,7 +78,8 @@ def main() -> None:
         server.terminate()
         server.wait()
 
-    print(f"label {args.n} inputs, latency {args.latency * 1000:.0f} ms, concurrency {args.concurrency}")
+    print(f"label {args.n} inputs, latency {args.latency * 1000:.0f} ms, concurrency {args.concurrency}   "
+          f"({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f})")
     print(f"  wall {wall:.2f} s   ideal {ideal:.2f} s   wall/ideal {wall / ideal:.2f}   (goal <= 1.2: "
           f"{'met' if wall / ideal <= 1.2 else 'missed'})   HTTP calls {ledger['calls']}")
     print(f"  client CPU {ledger['cpu_ms_per_call']:.2f} ms/call: {args.n} calls need >= "
