@@ -72,6 +72,8 @@ class FakeOpenAI:
         """Answer 400 "response_format is not supported" to any request that sets response_format."""
         self.answers: dict[str, Any] = {}
         """The default responder's labels: user message → output (dict or JSON text)."""
+        self.batch_status = "completed"
+        """The status a batch ends in ("expired", "failed", "cancelled" to test those paths)."""
         self.batch_fail: Callable[[dict], str | None] = lambda line: None
         """Batch request line → error message to put in the error file instead of answering it (None = answer)."""
         self.script: collections.deque[Scripted] = collections.deque()
@@ -210,6 +212,12 @@ class FakeOpenAI:
         return 200, _public(batch)
 
     def _finish_batch(self, batch: dict) -> None:
+        if self.batch_status != "completed":  # nothing answered
+            batch["status"] = self.batch_status
+            if self.batch_status == "failed":
+                batch["errors"] = {"object": "list", "data": [{"code": "invalid", "message": "scripted failure",
+                                                               "line": None, "param": None}]}
+            return
         out, err = [], []
         for line in batch["lines"]:
             message = self.batch_fail(line)
@@ -270,7 +278,8 @@ class _Handler(BaseHTTPRequestHandler):
         with fake._lock:
             fake.counts["total"] += 1
             fake.counts[self.path] += 1
-            fake.requests.append({"method": self.command, "path": self.path, "body": body})
+            fake.requests.append({"method": self.command, "path": self.path, "body": body,
+                                  "authorization": self.headers.get("Authorization")})
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)

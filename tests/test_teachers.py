@@ -229,13 +229,37 @@ def test_batch_in_flight_is_resumed_not_recreated(server, tmp_path, tool_picker)
     assert batch["status"] == "completed"
 
 
+def test_expired_batch_fails_its_lines_and_the_rerun_starts_a_new_batch(server, tmp_path, tool_picker):
+    server.batch_status = "expired"
+    rows = asyncio.run(teacher(tmp_path, BatchTeacher).label(tool_picker, TEXTS[:2]))
+    assert [r.error for r in rows] == ["batch line failed: batch expired"] * 2
+    server.batch_status = "completed"
+    rows = asyncio.run(teacher(tmp_path, BatchTeacher).label(tool_picker, TEXTS[:2]))
+    assert [json.loads(r.raw) for r in rows] == OUTPUTS[:2]
+    assert server.counts["/v1/batches"] == 2  # the expired batch is not resumed
+
+
+def test_connection_refused_is_retried_then_reported(tmp_path, tool_picker, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{port}/v1")
+    [row] = asyncio.run(teacher(tmp_path, max_retries=2).label(tool_picker, TEXTS[:1]))
+    assert row == Labelled(TEXTS[0], None, "connection error after 2 retries")
+
+
 def test_make_teacher_picks_from_environment(server, tmp_path, tool_picker, monkeypatch, capsys):
     t = make_teacher(tool_picker, Cfg(), tmp_path / "c.sqlite")
     assert isinstance(t, OpenAITeacher) and t.model == "gpt-4o-mini"
     assert f"gpt-4o-mini at {server.url}" in capsys.readouterr().err
     assert isinstance(make_teacher(tool_picker, Cfg(batch=True), tmp_path / "c.sqlite"), BatchTeacher)
     monkeypatch.delenv("OPENAI_API_KEY")  # a local server with only a base URL still gets the chat teacher
-    assert make_teacher(tool_picker, Cfg(), tmp_path / "c.sqlite").name == "openai"
+    local = make_teacher(tool_picker, Cfg(), tmp_path / "c.sqlite")
+    assert local.name == "openai"
+    asyncio.run(local.label(tool_picker, TEXTS[:1]))
+    assert server.requests[-1]["authorization"] == "Bearer none"
     monkeypatch.delenv("OPENAI_BASE_URL")
     offline = make_teacher(tool_picker, Cfg(), tmp_path / "c.sqlite")
     assert offline.name == "offline" and "offline" in capsys.readouterr().err
