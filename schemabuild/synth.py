@@ -273,13 +273,19 @@ async def _collect(task, cfg: SynthConfig, teacher, gold: list[str] | None, log_
         if not cfg.judge or teacher.name == "offline":
             return
         todo = [r for r in kept if r.source != "example" and r.input not in scores]
+        stopped = None
         if todo:
-            got = await teacher.judge(task, [(r.input, canonical_json(r.output)) for r in todo])
-            scores.update({r.input: s for r, s in zip(todo, got)})
+            try:
+                got = await teacher.judge(task, [(r.input, canonical_json(r.output)) for r in todo])
+            except BudgetExceeded as exc:  # apply the scores that came back, then stop
+                got, stopped = exc.results or [], exc
+            scores.update({r.input: s for r, s in zip(todo, got) if s is not None})
         judged = [r for r in kept if r.source != "example"]
         kept_j, rejects_j = apply_judge(judged, [scores.get(r.input) for r in judged], cfg.judge_min)
         kept = [r for r in kept if r.source == "example"] + kept_j
         rejects = rejects + rejects_j
+        if stopped is not None:
+            raise stopped
 
     try:
         new_logs = [x for x in log_inputs if x not in seen]

@@ -302,3 +302,16 @@ def test_killed_synth_rerun_repeats_no_cached_call_and_matches_uninterrupted(tmp
     finally:
         killed.stop()
         clean.stop()
+
+
+def test_budget_reached_while_judging_keeps_the_labelled_rows(fake_openai):  # noqa: F811
+    fake_openai.responder = deterministic
+    # 1 generation call + 16 label calls fit in $0.3 at $0.012 a call; judging 16 pairs does not
+    result = synth("tool_picker", "--n", "60", "--judge", "--price-in", "1000", "--price-out", "1000",
+                   "--budget-usd", "0.3", "--concurrency", "2")
+    assert result.exit_code == 0, result.output
+    m = read_json(latest_run("tool_picker") / "data" / "manifest.json")
+    assert m["complete"] is False and m["stop_reason"].startswith("budget reached")
+    judge_calls = sum(1 for r in fake_openai.requests if JUDGE_MARK in json.dumps(r["body"] or {}))
+    assert 0 < judge_calls < 16
+    assert m["counts"]["kept"] > 48  # the labelled pairs are saved even though judging stopped
