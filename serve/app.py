@@ -106,9 +106,14 @@ def _param(loc: tuple) -> str | None:
     return out or None
 
 
+# Pydantic names the union member it tried in error locations ("str", "list[ContentPart]"); users never typed those.
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "function-after", "function-before"}
+
+
 def _validation_error(exc: ValidationError) -> APIError:
     err = exc.errors()[0]
-    param = _param(tuple(p for p in err["loc"] if p != "body"))
+    loc = tuple(p for p in err["loc"] if p != "body" and not (isinstance(p, str) and (p in _TYPE_TAGS or "[" in p)))
+    param = _param(loc)
     where = f"{param}: " if param else ""
     return APIError(400, f"{where}{err['msg']}", param=param, code="invalid_value")
 
@@ -235,11 +240,9 @@ def _device(requested: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _model_dir_for(task, cfg: ServeConfig, runs_dir, n_tasks: int) -> Path:
+def _model_dir_for(task, cfg: ServeConfig, runs_dir) -> Path:
     from schemabuild.runs import resolve_run
 
-    if cfg.run and n_tasks > 1:
-        raise ConfigError("--run: only valid when serving one task (each task serves its latest run)")
     run = resolve_run(task.name, cfg.run, runs_dir, need="model")
     return run / "model"
 
@@ -257,11 +260,13 @@ def load_models(tasks: list, cfg: ServeConfig, runs_dir=None, model_dirs: list |
     from schemabuild.decode import Decoder
 
     names = [t.name for t in tasks]
+    if cfg.run and len(tasks) > 1 and model_dirs is None:
+        raise ConfigError("--run: only valid when serving one task (each task serves its latest run)")
     if len(set(names)) != len(names):
         raise ConfigError(f"TASKS: each task may be served once, got {names}")
     device = _device(cfg.device)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    dirs = model_dirs or [_model_dir_for(t, cfg, runs_dir, len(tasks)) for t in tasks]
+    dirs = model_dirs or [_model_dir_for(t, cfg, runs_dir) for t in tasks]
 
     entries = []  # (task, model_dir, tokenizer, contract, base or None)
     for task, model_dir in zip(tasks, dirs):
@@ -415,9 +420,10 @@ def _engine_metrics(engines: dict[str, Any]) -> list[str]:
             if isinstance(value, (int, float)):
                 samples[name].append(f'{name}{{engine="{_esc(label)}"}} {value}')
             elif isinstance(value, dict):
+                tag = "size" if key == "batch_sizes" else "key"
                 for k, v in value.items():
                     if isinstance(v, (int, float)) and not isinstance(v, bool):
-                        samples[name].append(f'{name}{{engine="{_esc(label)}",key="{_esc(k)}"}} {v}')
+                        samples[name].append(f'{name}{{engine="{_esc(label)}",{tag}="{_esc(k)}"}} {v}')
     out = []
     for name, lines in sorted(samples.items()):
         out.append(f"# HELP {name} Decoder engine statistic.")
@@ -639,8 +645,10 @@ def create_app(models: list, cfg: ServeConfig | None = None):
             raise APIError(504, f"no answer within {cfg.request_timeout_s:g} s (--request-timeout-s)",
                            type="timeout_error", code="timeout") from None
         except GrammarError as exc:
-            raise APIError(400, f"response_format: unsupported schema: {str(exc).splitlines()[0] if str(exc) else 'cannot compile'}",
+            raise APIError(400, f"response_format: {_first_line(exc) or 'the schema cannot be compiled'}",
                            param="response_format", code="invalid_schema") from None
+        except ValueError as exc:  # the decoder's own request checks
+            raise APIError(400, _first_line(exc) or "invalid request", code="invalid_value") from None
         metrics.add_result(s.task.name, result.prompt_tokens, result.completion_tokens, result.finish_reason)
         return result
 
@@ -726,6 +734,11 @@ def create_app(models: list, cfg: ServeConfig | None = None):
     app.router.redirect_slashes = False
     app.add_middleware(Guard, cfg=cfg, metrics=metrics)
     return app
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _version() -> str:
