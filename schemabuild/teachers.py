@@ -124,6 +124,7 @@ class Ledger:
     calls: int = 0
     cached_calls: int = 0
     failed_calls: int = 0
+    retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -139,7 +140,7 @@ class Ledger:
         return self.budget_usd is not None and self.cost_usd >= self.budget_usd
 
     def as_dict(self) -> dict:
-        out = {k: getattr(self, k) for k in ("calls", "cached_calls", "failed_calls", "prompt_tokens",
+        out = {k: getattr(self, k) for k in ("calls", "cached_calls", "failed_calls", "retries", "prompt_tokens",
                                               "completion_tokens", "budget_usd", "budget_hit", "model",
                                               "price_in", "price_out")}
         out["cost_usd"] = round(self.cost_usd, 10)
@@ -374,6 +375,7 @@ class OpenAITeacher:
             else:
                 wait += random.uniform(0, 0.1 * wait)  # never earlier than asked
             attempt += 1
+            self._ledger.retries += 1
             await asyncio.sleep(wait)
 
     async def chat(self, messages: list[dict], params: dict, response_format: dict | None) -> str:

@@ -105,7 +105,7 @@ def test_retries_exhausted_becomes_labelled_error(server, tmp_path, tool_picker)
     assert rows[0] == Labelled(TEXTS[0], None, "HTTP 503 after 2 retries")
     assert json.loads(rows[1].raw) == OUTPUTS[1]
     assert chat_calls(server) == 4
-    assert t.ledger()["failed_calls"] == 1 and t.ledger()["calls"] == 1
+    assert t.ledger()["failed_calls"] == 1 and t.ledger()["calls"] == 1 and t.ledger()["retries"] == 2
 
 
 def test_malformed_and_schema_violating_answers_come_back_raw(server, tmp_path, tool_picker):
