@@ -10,7 +10,6 @@ import time
 import pytest
 
 from schemabuild.cache import TeacherCache
-from schemabuild.contract import canonical_json
 from schemabuild.teachers import (BatchTeacher, BudgetExceeded, Labelled, OpenAITeacher, TeacherError, make_teacher,
                                   parse_inputs, price_for)
 from tests.fake_openai import fake_openai  # noqa: F401  (the fixture)
