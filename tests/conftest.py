@@ -59,3 +59,56 @@ def tiny_model_dir(tmp_path_factory, tool_picker):
     tok = AutoTokenizer.from_pretrained(path)
     save_contract(build_contract(tool_picker, tok, base_model="tiny", adapter=False), path)
     return path
+
+
+# ---- a trained tiny model (owned by the training work) ----------------------------------------------------
+
+PREFIXES = ["", "hey ", "yo ", "@billy ", "ok ", "pls "]
+SUFFIXES = ["", " pls", " thanks", " !!", " :)", " asap"]
+
+
+def offline_rows(task, copies: int = 5, seed: int = 0) -> list[dict]:
+    """Chat rows made from the task's own examples with light, label-preserving rewording (no teacher needed)."""
+    import random
+
+    from schemabuild.contract import chat_row
+
+    rng = random.Random(seed)
+    rows, seen = [], set()
+    for ex in task.examples:
+        for i in range(copies):
+            text = ex.input if i == 0 else rng.choice(PREFIXES) + ex.input + rng.choice(SUFFIXES)
+            if i % 2 == 1:
+                text = text.lower()
+            if text not in seen:
+                seen.add(text)
+                rows.append(chat_row(task, text, ex.output))
+    rng.shuffle(rows)
+    return rows
+
+
+def write_offline_run(task, root, run_id: str = "trained", copies: int = 5) -> Path:
+    """A run folder `<root>/<task>/<run_id>/data/{train,val}.jsonl` built from `offline_rows`."""
+    from schemabuild.runs import new_run, write_jsonl
+
+    run_dir = new_run(task.name, root, run_id)
+    rows = offline_rows(task, copies)
+    n_val = max(4, len(rows) // 10)
+    write_jsonl(run_dir / "data" / "train.jsonl", rows[n_val:])
+    write_jsonl(run_dir / "data" / "val.jsonl", rows[:n_val])
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tool_picker):
+    """A tool_picker run (`<root>/tool_picker/trained/{data,model}`) whose tiny model was trained by the real
+    `train_run` (full training, CPU, ~a minute): `model/` holds exactly what `schemabuild train` writes.
+
+    Returns the run directory; its runs root is `run.parent.parent`.
+    """
+    from schemabuild.train import TrainConfig, train_run
+
+    root = tmp_path_factory.mktemp("trained") / "runs"
+    run_dir = write_offline_run(tool_picker, root)
+    train_run(tool_picker, run_dir, TrainConfig(base="tiny", device="cpu", eval=False, save_steps=10_000))
+    return run_dir
