@@ -248,20 +248,21 @@ class Decoder:
         while live:
             # One forward pass: each live row's pending tokens, right-aligned (left padding inside the step).
             width = max(len(row.pending) for row in live)
-            ids = torch.full((len(live), width), self.pad_id, dtype=torch.long)
-            step_mask = torch.zeros((len(live), width), dtype=torch.long)
-            pos = torch.zeros((len(live), width), dtype=torch.long)
-            for b, row in enumerate(live):
-                n = len(row.pending)
-                ids[b, width - n:] = torch.tensor(row.pending)
-                step_mask[b, width - n:] = 1
-                pos[b, width - n:] = torch.arange(row.n_seen, row.n_seen + n)
+            ids_l, mask_l, pos_l = [], [], []
+            for row in live:
+                n, pad = len(row.pending), width - len(row.pending)
+                ids_l.append([self.pad_id] * pad + row.pending)
+                mask_l.append([0] * pad + [1] * n)
+                pos_l.append([0] * pad + list(range(row.n_seen, row.n_seen + n)))
                 row.n_seen += n
                 row.pending = []
                 row.passes += 1
-            mask = torch.cat([mask, step_mask.to(self.device)], dim=1)
+            ids = torch.tensor(ids_l, device=self.device)
+            step_mask = torch.tensor(mask_l, device=self.device)
+            pos = torch.tensor(pos_l, device=self.device)
+            mask = torch.cat([mask, step_mask], dim=1)
             out = self.model(
-                input_ids=ids.to(self.device), attention_mask=mask, position_ids=pos.to(self.device),
+                input_ids=ids, attention_mask=mask, position_ids=pos,
                 past_key_values=cache, use_cache=True, logits_to_keep=1,
             )
             cache = out.past_key_values
@@ -279,9 +280,8 @@ class Decoder:
                 xgr.apply_token_bitmask_inplace(
                     logits, bitmask[: len(live)].to(self.device, non_blocking=True), indices=constrained
                 )
-            logprobs = torch.log_softmax(logits, dim=-1)
             chosen = self._choose(logits, live)
-            chosen_lp = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
+            chosen_lp = (logits.gather(1, chosen[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)).tolist()
             for b, (row, tok, lp) in enumerate(zip(live, chosen.tolist(), chosen_lp)):
                 self._advance(row, tok, lp, bitmask, b)
 

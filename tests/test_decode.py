@@ -102,6 +102,22 @@ def test_batch_equals_one_by_one(decoder, tiny, tool_picker):
     assert batch[3].finish_reason == "length" and batch[3].completion_tokens == 3
 
 
+def test_unconstrained_greedy_matches_hf_generate(decoder, tiny, tool_picker):
+    """The owned KV-cache loop (batched, left-padded) computes what transformers' generate computes."""
+    import torch
+
+    from schemabuild.decode import Request
+
+    model, tok, contract = tiny
+    ps = prompts(tok, tool_picker, TEXTS[:3])
+    ours = decoder.generate([Request(p, None, max_tokens=12, constrained=False) for p in ps])
+    for p, res in zip(ps, ours):
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False,
+                                 eos_token_id=contract["stop_ids"], pad_token_id=tok.pad_token_id)
+        assert res.token_ids == out[0, len(p):].tolist()
+
+
 def test_jump_forward_feeds_forced_text_in_one_pass(tiny, tool_picker):
     """The opening `{"tool":"` is forced by the grammar: fewer forward passes than output tokens."""
     from schemabuild.decode import Decoder, Request
