@@ -245,6 +245,7 @@ class Decoder:
         live = [row for row in rows if row.finish is None]
         cache = DynamicCache()
         mask = torch.zeros((len(live), 0), dtype=torch.long, device=self.device)
+        padded = False
         while live:
             # One forward pass: each live row's pending tokens, right-aligned (left padding inside the step).
             width = max(len(row.pending) for row in live)
@@ -261,8 +262,9 @@ class Decoder:
             step_mask = torch.tensor(mask_l, device=self.device)
             pos = torch.tensor(pos_l, device=self.device)
             mask = torch.cat([mask, step_mask], dim=1)
-            out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=pos,
+            padded = padded or any(0 in m for m in mask_l)
+            out = self.model(  # without padding the model's own causal mask is enough (and cheaper to build)
+                input_ids=ids, attention_mask=mask if padded else None, position_ids=pos,
                 past_key_values=cache, use_cache=True, logits_to_keep=1,
             )
             cache = out.past_key_values
