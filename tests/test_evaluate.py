@@ -280,3 +280,139 @@ def test_reports_are_written_with_plots(tool_picker, tmp_path):
     summary = format_summary(report)
     assert re.search(r"field\.tool\s+0\.667\s+0\.333", summary)
     assert "FAIL field.tool = 0.667 < 0.9 (--min)" in summary
+
+
+# ---- end to end on a trained tiny run (needs schemabuild.predictor) ------------------------------
+
+def floor3(x: float) -> float:
+    """A threshold the value surely reaches once printed with 3 decimals."""
+    return math.floor(x * 1000) / 1000
+
+
+def eval_cli(*args):
+    from schemabuild.cli import main
+
+    return CliRunner().invoke(main, ["eval", "tool_picker", *map(str, args)])
+
+
+@pytest.fixture(scope="session")
+def full_report(trained_run, tmp_path_factory):
+    """`schemabuild eval` on the whole gold set of the trained run, comparing the untrained base."""
+    out = tmp_path_factory.mktemp("eval")
+    result = eval_cli("--run", trained_run, "--out", out, "--compare", "base", "--compare", "teacher")
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "report.json").read_text()), out, result.output
+
+
+@pytest.mark.slow
+def test_eval_writes_reports_and_compares_with_the_base(full_report):
+    report, out, output = full_report
+    assert report["n"] == 56 and set(report["models"]) == {"finetuned", "base"}
+    ft, base = report["models"]["finetuned"]["metrics"], report["models"]["base"]["metrics"]
+    for metrics in (ft, base):  # every rate is a rate; validity implies parsing
+        assert all(v is None or 0.0 <= v <= 1.0 for v in metrics.values())
+        assert metrics["json_valid"] >= metrics["schema_valid"] >= metrics["exact_match"]
+    assert report["models"]["base"]["source"].endswith("tiny_base")  # the untrained tiny model of the run
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 56 and {r["model"] for r in rows} == {"finetuned", "base"}
+    wrong = sum(not r["exact"] for r in rows if r["model"] == "finetuned")
+    assert len(report["models"]["finetuned"]["rows"]) == wrong  # report.json keeps the wrong rows with their diffs
+    assert "teacher comparison skipped: no OPENAI_API_KEY / OPENAI_BASE_URL (offline)" in output
+    assert report["models"]["finetuned"]["latency_ms"]["p50"] > 0
+    assert report["models"]["finetuned"]["tokens"]["completion_mean"] > 0
+    page = (out / "report.html").read_text()
+    assert page.count('class="confusion"') == 2 and 'class="histogram"' in page and 'class="bars"' in page
+    assert re.search(r"field\.tool\s+\d\.\d{3}\s+\d\.\d{3}", output)  # the terminal table, one column per model
+
+
+@pytest.mark.slow
+def test_gate_fails_with_one_line_per_missed_threshold(trained_run, full_report, tmp_path):
+    report = full_report[0]
+    missed = {k: v for k, v in report["metrics"].items() if k.count(".") <= 1 and v is not None and v < 0.99}
+    assert missed, "the tiny model is perfect everywhere: pick another threshold"
+    args = [a for k, v in missed.items() for a in ("--min", f"{k}={min(1.0, v + 0.01):.3f}")]
+    result = eval_cli("--run", trained_run, "--out", tmp_path, *args)
+    assert result.exit_code == 1
+    fails = [line for line in result.output.splitlines() if line.startswith("FAIL")]
+    assert len(fails) == len(missed) and all("(--min)" in f for f in fails)
+    ok = eval_cli("--run", trained_run, "--out", tmp_path, "--min", f"json_valid={floor3(report['metrics']['json_valid'])}",
+                  "--min", f"field.tool={floor3(report['metrics']['field.tool'])}")
+    assert ok.exit_code == 0 and "gate passed" in ok.output
+
+
+@pytest.mark.slow
+def test_regression_gate_against_a_baseline(trained_run, full_report, tmp_path):
+    report = full_report[0]
+    old = json.loads(json.dumps(report))
+    old["metrics"]["field.tool"] = report["metrics"]["field.tool"] + 0.05
+    baseline = tmp_path / "old" / "report.json"
+    baseline.parent.mkdir()
+    baseline.write_text(json.dumps(old))
+    result = eval_cli("--run", trained_run, "--out", tmp_path / "new", "--baseline", baseline, "--tolerance", "0.02")
+    assert result.exit_code == 1
+    assert f"FAIL field.tool regressed {old['metrics']['field.tool']:.3f} -> {report['metrics']['field.tool']:.3f}" \
+        in result.output
+    loose = eval_cli("--run", trained_run, "--out", tmp_path / "new", "--baseline", baseline, "--tolerance", "0.1")
+    assert loose.exit_code == 0, loose.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, needle", [
+    (["--min", "field.tool"], "Error: --min 'field.tool': expected METRIC=VALUE"),
+    (["--min", "field.tool=2"], "between 0 and 1"),
+    (["--compare", "gpt"], "Error: --compare gpt: expected one of base, teacher"),
+    (["--baseline", "nope/report.json"], "Error: --baseline nope/report.json: no such file"),
+    (["--run", "nope"], "Error: --run nope: no such run directory"),
+])
+def test_user_mistakes_are_one_line(args, needle, trained_run):
+    if "--run" not in args:
+        args = ["--run", str(trained_run), *args]
+    result = eval_cli(*args)
+    assert result.exit_code != 0 and needle in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_unknown_metric_names_fail_the_gate(trained_run, tmp_path):
+    result = eval_cli("--run", trained_run, "--out", tmp_path, "--limit", "4", "--min", "field.tol=0.5")
+    assert result.exit_code == 1
+    assert "FAIL --min field.tol=0.5: no such metric (known: json_valid, schema_valid, exact_match, field.tool" \
+        in result.output
+
+
+@pytest.mark.slow
+def test_pytest_integration_passes_and_fails_against_a_trained_run(trained_run, full_report, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import TASKS
+
+    tool = full_report[0]["metrics"]["field.tool"]
+    valid = floor3(full_report[0]["metrics"]["json_valid"])
+    assert tool < 1.0
+    test_file = tmp_path / "test_gate.py"
+    test_file.write_text(
+        "from schemabuild.evaluate import assert_gate\n\n"
+        f"RUN = {str(trained_run)!r}\n\n"
+        "def test_reached():\n"
+        f"    assert_gate('tool_picker', min={{'json_valid': {valid}, 'field.tool': {floor3(tool)}}}, run=RUN)\n\n"
+        "def test_above_reach():\n"
+        f"    assert_gate('tool_picker', min={{'field.tool': {min(1.0, tool + 0.01):.3f}}}, run=RUN)\n")
+    env = {**os.environ, "SCHEMABUILD_TASKS": str(TASKS), "SCHEMABUILD_RUNS": str(tmp_path / "runs"),
+           "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "1 failed, 1 passed" in out
+    assert "test_above_reach" in out and f"FAIL field.tool = {tool:.3f} < {min(1.0, tool + 0.01):.3g} (--min)" in out
+
+
+@pytest.mark.slow
+def test_evaluate_run_is_what_train_prints(trained_run, tool_picker):
+    from schemabuild.evaluate import evaluate_run
+
+    report = evaluate_run(tool_picker, trained_run, quiet=True, limit=8)
+    assert report["n"] == 8 and (trained_run / "eval" / "report.md").is_file()
+    assert "json_valid" in format_summary(report)
