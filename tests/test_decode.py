@@ -231,7 +231,7 @@ def test_completed_outputs_validate(random_models):
     prompt = tok("<|im_start|>user\nmake json<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
     seen = {"stop": 0, "length": 0}
 
-    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(schema=SCHEMAS, which=st.integers(0, 2), seed=st.integers(0, 2**16))
     def check(schema, which, seed):
         schema = grammar_schema(schema)
