@@ -197,6 +197,8 @@ class Decoder:
     def _check(self, r: Request) -> None:
         if not r.prompt_ids:
             raise ValueError("prompt_ids is empty")
+        if min(r.prompt_ids) < 0 or max(r.prompt_ids) >= self.vocab_size:
+            raise ValueError(f"prompt_ids: token ids must be in [0, {self.vocab_size})")
         if r.max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
         if r.temperature < 0:

@@ -167,7 +167,7 @@ def test_bad_requests_are_value_errors(decoder, tiny, tool_picker):
 
     _, tok, _ = tiny
     [p] = prompts(tok, tool_picker, TEXTS[:1])
-    for bad, words in [(Request([], None), "prompt_ids"), (Request(p, None, max_tokens=0), "max_tokens"),
+    for bad, words in [(Request([], None), "prompt_ids"), (Request([10**7], None), "prompt_ids"), (Request(p, None, max_tokens=0), "max_tokens"),
                        (Request(p, None, temperature=-1), "temperature"), (Request(p, None, top_p=0), "top_p"),
                        (Request(p, None, adapter="nope"), "adapter")]:
         with pytest.raises(ValueError, match=words):
