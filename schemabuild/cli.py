@@ -191,15 +191,19 @@ def serve(ctx, tasks, tasks_dir, runs_dir, **options):
 @TASKS_DIR
 @RUNS_DIR
 @click.option("--run", default=None, help="Run directory or run id [default: the task's latest run].")
+@click.option("--max-tokens", default=256, show_default=True, help="Most output tokens.")
 @user_errors
-def predict(task, text, tasks_dir, runs_dir, run):
+def predict(task, text, tasks_dir, runs_dir, run, max_tokens):
     """Run TASK's model locally on TEXT (no server) and print the JSON output."""
     from schemabuild.contract import canonical_json
     from schemabuild.predictor import Predictor
 
     t = _load(task, tasks_dir)
     predictor = Predictor.from_run(t, run=run, runs_dir=runs_dir)
-    result = predictor.predict(text)
+    result = predictor.predict(text, max_tokens=max_tokens)
+    if result.output is None:
+        click.echo(result.text, err=True)
+        raise click.ClickException(f"no valid output: {result.error or result.finish_reason}")
     click.echo(canonical_json(result.output))
 
 
