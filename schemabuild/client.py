@@ -42,13 +42,16 @@ class Client:
         self.last: dict | None = None
         """The last raw response body (latency_ms, usage, confidence for predict)."""
 
-    def task(self, name: str):
-        """The schemabuild Task named `name` (loaded once from the tasks folder)."""
-        if name not in self._tasks:
+    def task(self, task):
+        """The schemabuild Task for `task`: a Task as given, or a name loaded once from the tasks folder."""
+        if not isinstance(task, str):
+            self._tasks.setdefault(task.name, task)
+            return task
+        if task not in self._tasks:
             from schemabuild.task import load_task
 
-            self._tasks[name] = load_task(name, self.tasks_dir)
-        return self._tasks[name]
+            self._tasks[task] = load_task(task, self.tasks_dir)
+        return self._tasks[task]
 
     def _post(self, path: str, body: dict) -> dict:
         response = self._http.post(path, json=body)
@@ -65,20 +68,26 @@ class Client:
         self.last = data
         return data
 
-    def predict(self, task: str, text: str, **options: Any) -> BaseModel:
-        """The task's output model instance for `text` (options: max_tokens, temperature, top_p, seed)."""
-        data = self._post(f"/v1/tasks/{task}/predict", {"input": text, **options})
-        return self.task(task).validate_output(data["output"])
+    def predict(self, task, text: str, **options: Any) -> BaseModel:
+        """The task's output model instance for `text`.
 
-    def chat(self, task: str, messages: list[dict] | str, response_format: dict | None = None,
+        `task` is a task name (its file is loaded from the tasks folder to get the output model) or a Task,
+        whose own output class is then used; options: max_tokens, temperature, top_p, seed.
+        """
+        t = self.task(task)
+        data = self._post(f"/v1/tasks/{t.name}/predict", {"input": text, **options})
+        return t.validate_output(data["output"])
+
+    def chat(self, task, messages: list[dict] | str, response_format: dict | None = None,
              **options: Any) -> Any:
-        """A chat completion from `task`'s model; returns the parsed JSON content (a dict, or the task model
-        when no response_format is given)."""
+        """A chat completion from `task`'s model (a name or a Task); returns the parsed JSON content (a dict,
+        or the task's output model when no response_format is given)."""
         import json
 
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
-        body = {"model": task, "messages": messages, **options}
+        name = task if isinstance(task, str) else task.name
+        body = {"model": name, "messages": messages, **options}
         if response_format is not None:
             body["response_format"] = response_format
         data = self._post("/v1/chat/completions", body)

@@ -232,14 +232,6 @@ class Served:
     """The model's context length in tokens, when known."""
 
 
-def _device(requested: str | None) -> str:
-    import torch
-
-    if requested:
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _model_dir_for(task, cfg: ServeConfig, runs_dir) -> Path:
     from schemabuild.runs import resolve_run
 
@@ -250,74 +242,55 @@ def _model_dir_for(task, cfg: ServeConfig, runs_dir) -> Path:
 def load_models(tasks: list, cfg: ServeConfig, runs_dir=None, model_dirs: list | None = None) -> list[Served]:
     """Load each task's model (from `model_dirs` or its run), check its contract, share bases among adapters.
 
-    PEFT adapters whose adapter_config names the same base model (and whose tokenizers agree) are loaded
-    onto one base model as named adapters; full-weight models load on their own.
+    Every contract is checked before any weights load. PEFT adapters on the same base (with the same
+    tokenizer) are loaded onto one copy of it as named adapters; full-weight models load on their own.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from schemabuild.contract import ContractError, check_contract, grammar_schema, load_contract
+    from schemabuild.contract import ContractError, check_contract, load_contract
     from schemabuild.decode import Decoder
+    from schemabuild.predictor import Predictor, _adapter_base, _load_causal_lm, resolve_device
 
     names = [t.name for t in tasks]
     if cfg.run and len(tasks) > 1 and model_dirs is None:
         raise ConfigError("--run: only valid when serving one task (each task serves its latest run)")
     if len(set(names)) != len(names):
         raise ConfigError(f"TASKS: each task may be served once, got {names}")
-    device = _device(cfg.device)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    dirs = model_dirs or [_model_dir_for(t, cfg, runs_dir) for t in tasks]
+    device = resolve_device(cfg.device)
+    dirs = [Path(d) for d in model_dirs] if model_dirs else [_model_dir_for(t, cfg, runs_dir) for t in tasks]
 
-    entries = []  # (task, model_dir, tokenizer, contract, base or None)
+    full, adapters = [], defaultdict(list)  # adapters: (base, tokenizer identity) -> [(task, dir, tok, contract)]
     for task, model_dir in zip(tasks, dirs):
-        model_dir = Path(model_dir)
         contract = load_contract(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
         try:
             check_contract(contract, task, tokenizer)
         except ContractError as exc:
             raise ContractError(f"{model_dir}: {exc}") from None
-        base = None
-        adapter_cfg = model_dir / "adapter_config.json"
-        if adapter_cfg.is_file():
-            base = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
-            if not base:
-                raise ContractError(f"{adapter_cfg}: names no base_model_name_or_path")
-        entries.append((task, model_dir, tokenizer, contract, base))
-
-    served: list[Served] = []
-    groups: dict[tuple, list] = defaultdict(list)
-    for entry in entries:
-        task, model_dir, tokenizer, contract, base = entry
-        if base is None:
-            groups[("full", str(model_dir))].append(entry)
+        if contract.get("adapter") or (model_dir / "adapter_config.json").is_file():
+            vocab = hash(json.dumps(sorted(tokenizer.get_vocab().items())))
+            key = (_adapter_base(model_dir, contract), contract.get("chat_template_hash"), vocab)
+            adapters[key].append((task, model_dir, tokenizer, contract))
         else:
-            vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
-            groups[("adapter", base, contract.get("chat_template_hash"), hash(vocab))].append(entry)
+            full.append((task, model_dir))
 
-    for key, members in groups.items():
-        if key[0] == "full":
-            task, model_dir, tokenizer, contract, _ = members[0]
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=False,
-                                                         use_safetensors=True)
-        else:
-            from peft import PeftModel
+    served: dict[str, Served] = {}
+    for task, model_dir in full:
+        served[task.name] = _as_served(Predictor.from_model_dir(task, model_dir, device=device))
+    for (base, *_), members in adapters.items():
+        from peft import PeftModel
 
-            base_model = AutoModelForCausalLM.from_pretrained(key[1], dtype=dtype, trust_remote_code=False,
-                                                              use_safetensors=True)
-            first = members[0]
-            model = PeftModel.from_pretrained(base_model, first[1], adapter_name=first[0].name)
-            for task, model_dir, *_ in members[1:]:
-                model.load_adapter(model_dir, adapter_name=task.name)
+        (task, model_dir, tokenizer, contract), rest = members[0], members[1:]
+        model = PeftModel.from_pretrained(_load_causal_lm(base, device), str(model_dir), adapter_name=task.name)
+        for other, other_dir, *_ in rest:
+            model.load_adapter(str(other_dir), adapter_name=other.name)
         model.to(device).eval()
-        tokenizer = members[0][2]
-        decoder = Decoder(model, tokenizer, stop_ids=list(members[0][3]["stop_ids"]), device=device)
-        context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        for task, model_dir, tok, contract, base in members:
-            served.append(Served(task=task, tokenizer=tok, decoder=decoder,
-                                 adapter=task.name if base is not None else None, contract=contract,
-                                 schema=grammar_schema(task.output), context=context))
-    return served
+        decoder = Decoder(model, tokenizer, stop_ids=list(contract["stop_ids"]), device=device)
+        for task, model_dir, tok, contract in members:
+            s = _as_served(Served(task=task, tokenizer=tok, decoder=decoder, adapter=task.name, contract=contract))
+            decoder.compile(s.schema)  # pay the grammar compile at startup
+            served[task.name] = s
+    return [served[n] for n in names]
 
 
 def _as_served(item) -> Served:
@@ -327,13 +300,18 @@ def _as_served(item) -> Served:
     if isinstance(item, Served):
         if not item.schema:
             item.schema = grammar_schema(item.task.output)
+        if item.context is None:
+            item.context = _context_length(item.decoder)
         return item
-    decoder = item.decoder
-    model = getattr(decoder, "model", None)
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    return Served(task=item.task, tokenizer=item.tokenizer, decoder=decoder, adapter=None,
+    return Served(task=item.task, tokenizer=item.tokenizer, decoder=item.decoder, adapter=None,
                   contract=dict(item.contract or {}), predictor=item, schema=grammar_schema(item.task.output),
-                  context=context)
+                  context=_context_length(item.decoder))
+
+
+def _context_length(decoder) -> int | None:
+    """The model's context window in tokens, when its config says."""
+    config = getattr(getattr(decoder, "model", None), "config", None)
+    return getattr(config, "max_position_embeddings", None)
 
 
 # ---- metrics ---------------------------------------------------------------------------------------
@@ -614,7 +592,7 @@ def create_app(models: list, cfg: ServeConfig | None = None):
     def lookup(name: str, param: str) -> Served:
         s = served.get(name)
         if s is None:
-            raise APIError(404, f"the model {name!r} does not exist; this server serves: {', '.join(sorted(served))}",
+            raise APIError(404, f"the {param} {name!r} does not exist; this server serves: {', '.join(sorted(served))}",
                            type="invalid_request_error", param=param, code="model_not_found")
         return s
 
@@ -816,49 +794,10 @@ def _task_output(s: Served, result, max_tokens: int):
 
 
 def _confidence(s: Served, result) -> dict[str, float]:
-    """Per top-level field: the probability the model gave that field's value (product over its tokens)."""
-    import math
+    """Per top-level field: the probability the model gave that field's value (see predictor.field_confidence)."""
+    from schemabuild.predictor import field_confidence
 
-    text, ids, logprobs = result.text, list(result.token_ids), list(result.token_logprobs)
-    if len(ids) != len(logprobs):
-        return {}
-    # Character end offset of each generated token, from incremental decoding.
-    ends, pieces = [], ""
-    for i in range(len(ids)):
-        pieces = s.tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
-        ends.append(len(pieces))
-    spans = _field_spans(text)
-    out = {}
-    for name, (start, end) in spans.items():
-        total, prev = 0.0, 0
-        for tok_end, lp in zip(ends, logprobs):
-            if tok_end > start and prev < end and lp is not None:
-                total += lp
-            prev = tok_end
-        out[name] = round(math.exp(total), 6)
-    return out
-
-
-def _field_spans(text: str) -> dict[str, tuple[int, int]]:
-    """Character spans of each top-level value in a compact JSON object text."""
-    decoder = json.JSONDecoder()
-    spans: dict[str, tuple[int, int]] = {}
-    i = text.find("{")
-    if i < 0:
-        return spans
-    i += 1
-    try:
-        while i < len(text) and text[i] != "}":
-            key, i = decoder.raw_decode(text, i)
-            i = text.index(":", i) + 1
-            _, end = decoder.raw_decode(text, i)
-            spans[str(key)] = (i, end)
-            i = end
-            if i < len(text) and text[i] == ",":
-                i += 1
-    except (ValueError, json.JSONDecodeError):
-        pass
-    return spans
+    return {k: round(v, 6) for k, v in field_confidence(s.tokenizer, result, s.decoder.stop_ids).items()}
 
 
 def _logprobs(s: Served, result) -> dict:
