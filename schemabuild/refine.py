@@ -61,17 +61,17 @@ def weak_spots(report: dict, limit: int = WEAK_LIMIT) -> list[WeakSpot]:
 
 
 def focus_task(task, spots: list[WeakSpot]):
-    """The task narrowed to its weak spots: only the examples that show a weak value, and a hint naming them."""
+    """The task narrowed to its weak spots: only the examples that show a weak enum value (all of them when no
+    enum value is weak), and a hint naming every spot."""
     from schemabuild.evaluate import _label, field_pairs
     from schemabuild.task import Task
 
     keep = []
+    valued = [s for s in spots if s.value is not None]  # whole-field spots only add a hint
     for ex in task.examples:
         gold = ex.output.model_dump(mode="json")
-        for s in spots:
-            if s.value is None or any(_label(g, None) == s.value for _, g, _ in field_pairs(s.path, gold, gold)):
-                keep.append(ex)
-                break
+        if any(_label(g, None) == s.value for s in valued for _, g, _ in field_pairs(s.path, gold, gold)):
+            keep.append(ex)
     hints = {**task.hints, FOCUS_HINT: [s.describe() for s in spots]}
     return Task(name=task.name, instructions=task.instructions, output=task.output, examples=keep or task.examples,
                 hints=hints, validators=task.validators, fields=task.fields, source=task.source)

@@ -37,6 +37,9 @@ def test_focus_task_keeps_only_examples_with_the_weak_values(tool_picker):
     assert len(focused.examples) == 6
     assert focused.hints[FOCUS_HINT] == ["messages whose correct `tool` is 'timer.set'"]
     assert focused.instructions == tool_picker.instructions
+    mixed = focus_task(tool_picker, [WeakSpot("query", None, 0.1, 9), WeakSpot("tool", "no_tool", 0.5, 2)])
+    assert {ex.output.tool for ex in mixed.examples} == {"no_tool"}
+    assert mixed.hints[FOCUS_HINT][0] == "messages where getting `query` exactly right is tricky"
 
 
 def test_new_pairs_target_the_weak_value_and_skip_train_val_and_gold(tool_picker, tmp_path):
@@ -51,3 +54,39 @@ def test_new_pairs_target_the_weak_value_and_skip_train_val_and_gold(tool_picker
     assert {o["tool"] for o in outputs} == {"timer.set"}
     assert all(o["query"] for o in outputs)  # the task's validator ran: timer.set needs a query
     assert not {split_chat_row(r)[1].lower() for r in rows} & train
+
+
+@pytest.mark.slow
+def test_refine_round_on_a_tiny_run(trained_run, tool_picker, tmp_path):
+    """One round: evaluate val, add targeted pairs, retrain, report before/after; a worse round is undone."""
+    import shutil
+
+    from schemabuild.refine import refine
+    from schemabuild.train import TrainConfig
+
+    run_dir = tmp_path / "runs" / "tool_picker" / "r"
+    shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("checkpoints", "eval"))
+    train_before = (run_dir / "data" / "train.jsonl").read_text()
+    weights_before = (run_dir / "model" / "model.safetensors").read_bytes()
+    cfg = TrainConfig(base="tiny", device="cpu", eval=False, save_steps=10_000, max_steps=30)
+    report = refine(tool_picker, run_dir, cfg, rounds=1, per_round=24)
+
+    [entry] = report["rounds"]
+    assert (run_dir / "refine" / "report.json").is_file()
+    assert (run_dir / "refine" / "round-1" / "before" / "report.json").is_file()
+    if not entry["weak"]:
+        pytest.skip("the tiny model is already perfect on the validation split")
+    assert entry["added"] > 0 and entry["teacher"] == "offline"
+    added = (run_dir / "refine" / "round-1" / "added.jsonl").read_text()
+    assert len(added.splitlines()) == entry["added"]
+    weak_values = {w["value"] for w in entry["weak"] if w["path"] == "tool" and w["value"]}
+    if weak_values:  # the new pairs aim at the weak tools only
+        assert {json.loads(split_chat_row(json.loads(x))[2])["tool"] for x in added.splitlines()} <= weak_values
+    assert set(entry["after"]) == set(entry["before"]) and "field.tool" in entry["after"]
+    assert "field.tool" in report["table"] and "before" in report["table"]
+    train_after = (run_dir / "data" / "train.jsonl").read_text()
+    weights_after = (run_dir / "model" / "model.safetensors").read_bytes()
+    if entry["kept"]:
+        assert train_after == train_before + added and weights_after != weights_before
+    else:  # undone: nothing lost
+        assert train_after == train_before and weights_after == weights_before
