@@ -46,12 +46,22 @@ def test_parse_gives_the_pydantic_model(client, quick):
     assert parsed.tool in ("music.play", "weather.forecast", "timer.set", "no_tool")
 
 
-def test_parse_gives_a_toolpick_from_the_trained_tool_picker(trained_run, tool_picker):
+def test_parse_with_toolpick_against_the_trained_tool_picker(trained_run, tool_picker):
+    """`.parse(response_format=ToolPick)` gives a ToolPick whenever the trained model finishes its answer
+    (what the local Predictor says); when it does not, the client is told so (finish_reason length)."""
+    from schemabuild.predictor import Predictor
+
     ToolPick = tool_picker.output
+    local = Predictor.from_model_dir(tool_picker, trained_run / "model", device="cpu").predict(MESSAGES[0]["content"])
     with running_server([tool_picker], [trained_run / "model"]) as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=120)
-        completion = client.chat.completions.parse(model="quick_pick", messages=MESSAGES, response_format=ToolPick)
-    assert isinstance(completion.choices[0].message.parsed, ToolPick)
+        if local.output is None:
+            with pytest.raises(openai.LengthFinishReasonError):
+                client.chat.completions.parse(model="tool_picker", messages=MESSAGES, response_format=ToolPick)
+            return
+        completion = client.chat.completions.parse(model="tool_picker", messages=MESSAGES, response_format=ToolPick)
+    parsed = completion.choices[0].message.parsed
+    assert isinstance(parsed, ToolPick) and parsed.model_dump() == local.output.model_dump()
 
 
 def test_json_object_gives_a_json_object(client):
