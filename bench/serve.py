@@ -52,13 +52,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run: Path, port: int, max_batch: int) -> subprocess.Popen:
+def start_server(run: Path, port: int, max_batch: int, window_ms: float) -> subprocess.Popen:
     import httpx
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SCHEMABUILD_TASKS": str(ROOT / "tasks")}
     proc = subprocess.Popen([sys.executable, "-m", "schemabuild", "serve", "tool_picker", "--run", str(run),
                              "--runs-dir", str(run.parent.parent), "--port", str(port), "--max-batch", str(max_batch),
-                             "--max-queue", "1024"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                             "--max-queue", "1024", "--batch-window-ms", str(window_ms)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -70,6 +70,16 @@ def start_server(run: Path, port: int, max_batch: int) -> subprocess.Popen:
             time.sleep(0.2)
     proc.kill()
     raise SystemExit("the server did not start within 300 s")
+
+
+def batch_sizes(url: str) -> dict[int, int]:
+    """The engine's batch-size counts, read from /metrics."""
+    import re
+
+    import httpx
+
+    text = httpx.get(url + "/metrics").text
+    return {int(m[0]): int(float(m[1])) for m in re.findall(r'schemabuild_engine_batch_sizes\{[^}]*size="(\d+)"\} (\S+)', text)}
 
 
 def body(i: int, trained: bool, max_tokens: int) -> tuple[str, dict]:
@@ -123,28 +133,37 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=24, help="tokens per request without --run")
     parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--batch-window-ms", type=float, default=3.0, help="the server's batching window")
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run.resolve() if args.run else tiny_run(Path(tmp) / "runs")
         port = free_port()
-        proc = start_server(run, port, args.max_batch)
+        proc = start_server(run, port, args.max_batch, args.batch_window_ms)
         url = f"http://127.0.0.1:{port}"
         try:
             seq = asyncio.run(measure(url, args.sequential_requests, 1, args.run is not None, args.max_tokens))
+            before = batch_sizes(url)
             conc = asyncio.run(measure(url, args.requests, args.clients, args.run is not None, args.max_tokens))
+            after = batch_sizes(url)
         finally:
             proc.terminate()
             proc.wait(30)
 
     model = f"run {args.run}" if args.run else f"untrained tiny model, {args.max_tokens} tokens per request"
-    print(f"serving bench: tool_picker, {model}, max_batch {args.max_batch}, {os.cpu_count()} CPUs")
+    print(f"serving bench: tool_picker, {model}, max_batch {args.max_batch}, "
+          f"batch window {args.batch_window_ms:g} ms, {os.cpu_count()} CPUs")
     print(f"{'':24}{'sequential':>14}{f'{args.clients} concurrent':>16}")
     for key, label, fmt in [("requests", "requests", "{:.0f}"), ("rps", "requests/s", "{:.2f}"),
                             ("tokens_per_s", "completion tokens/s", "{:.1f}"), ("p50_ms", "p50 latency ms", "{:.1f}"),
                             ("p99_ms", "p99 latency ms", "{:.1f}"), ("errors", "non-200 answers", "{:.0f}")]:
         print(f"{label:24}{fmt.format(seq[key]):>14}{fmt.format(conc[key]):>16}")
+    sizes = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    n_batches = sum(sizes.values())
+    if n_batches:
+        mean = sum(k * v for k, v in sizes.items()) / n_batches
+        print(f"concurrent phase: {n_batches} decoder batches, mean batch size {mean:.1f}, largest {max(k for k, v in sizes.items() if v)}")
     ratio = conc["rps"] / seq["rps"]
     print(f"throughput ratio (concurrent / sequential): {ratio:.2f}x  (goal >= 5x: {'met' if ratio >= 5 else 'missed'})")
 

@@ -416,10 +416,10 @@ OPEN_PATHS = {"/healthz", "/", "/favicon.ico"}
 
 
 class Guard:
-    """Outermost ASGI layer: Bearer auth, the body-size limit and per-route metrics for every request."""
+    """ASGI middleware in front of the routes: Bearer auth, the body-size limit, per-route metrics."""
 
-    def __init__(self, app, cfg: ServeConfig, metrics: Metrics):
-        self.app, self.cfg, self.metrics = app, cfg, metrics
+    def __init__(self, app, cfg: ServeConfig, metrics: Metrics, routes: list):
+        self.app, self.cfg, self.metrics, self.routes = app, cfg, metrics, routes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -443,9 +443,17 @@ class Guard:
             else:
                 await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            label = getattr(route, "path", None) or "unmatched"  # unknown paths share one label
-            self.metrics.observe(label, scope.get("method", ""), status_box[0], time.perf_counter() - start)
+            self.metrics.observe(self._route(scope), scope.get("method", ""), status_box[0],
+                                 time.perf_counter() - start)
+
+    def _route(self, scope) -> str:
+        """The route template a request went to (also for requests refused here); unknown paths share one label."""
+        from starlette.routing import Match
+
+        route = scope.get("route")
+        if route is None:
+            route = next((r for r in self.routes if r.matches(scope)[0] != Match.NONE), None)
+        return getattr(route, "path", None) or "unmatched"
 
     def _check(self, scope) -> APIError | None:
         key = self.cfg.api_key
@@ -710,7 +718,7 @@ def create_app(models: list, cfg: ServeConfig | None = None):
         return completion
 
     app.router.redirect_slashes = False
-    app.add_middleware(Guard, cfg=cfg, metrics=metrics)
+    app.add_middleware(Guard, cfg=cfg, metrics=metrics, routes=app.router.routes)
     return app
 
 

@@ -207,6 +207,8 @@ def test_api_key_is_required_on_every_route_but_healthz(quick):
             assert_error(r, 401, "invalid_api_key")
             assert r.headers["www-authenticate"] == "Bearer"
         assert_error(httpx.get(srv.url + "/metrics"), 401, "invalid_api_key")
+        metrics = httpx.get(srv.url + "/metrics", headers=good).text
+        assert 'schemabuild_http_requests_total{route="/v1/models",method="GET",status="401"} 4' in metrics
         assert_error(post(srv.url, PREDICT, {"input": "hi"}), 401, "invalid_api_key")
         assert_error(post(srv.url, "/v1/chat/completions", {"model": "quick_pick"}), 401, "invalid_api_key")
         assert httpx.get(srv.url + "/v1/models", headers=good).status_code == 200
