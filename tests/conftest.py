@@ -102,13 +102,18 @@ def write_offline_run(task, root, run_id: str = "trained", copies: int = 5) -> P
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tool_picker):
     """A tool_picker run (`<root>/tool_picker/trained/{data,model}`) whose tiny model was trained by the real
-    `train_run` (full training, CPU, ~a minute): `model/` holds exactly what `schemabuild train` writes.
+    `train_run` (full training, CPU, ~40 s on 2 idle cores): `model/` holds exactly what `schemabuild train` writes.
 
     Returns the run directory; its runs root is `run.parent.parent`.
     """
     from schemabuild.train import TrainConfig, train_run
 
     root = tmp_path_factory.mktemp("trained") / "runs"
-    run_dir = write_offline_run(tool_picker, root)
-    train_run(tool_picker, run_dir, TrainConfig(base="tiny", device="cpu", eval=False, save_steps=10_000))
+    run_dir = write_offline_run(tool_picker, root, copies=3)
+    # ~140 rows x 12 epochs (~110 steps): fits its training inputs and stops at end-of-turn; not a general model.
+    train_run(tool_picker, run_dir, TrainConfig(base="tiny", device="cpu", eval=False, save_steps=10_000,
+                                                epochs=12, lr=3e-3))
     return run_dir
+
+# Spinning OpenMP threads slow torch on a shared CPU several-fold; must be set before torch is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -1,0 +1,356 @@
+"""Fine-tuning: contract tokenization and labels, full training of the tiny base, LoRA on a local base, export,
+bad input, kill -9 + --resume, and a 2-process torchrun (tiny models, CPU, few steps)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_offline_run
+from schemabuild.config import ConfigError
+from schemabuild.contract import ContractError, encode_example, end_of_turn, load_contract
+from schemabuild.task import TaskError
+from schemabuild.train import TrainConfig, resolve_base, train_run, train_task
+
+QUICK = dict(device="cpu", eval=False, max_steps=3, batch_size=4, logging_steps=1, save_steps=10_000)
+
+
+def _env(tmp_path) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", SCHEMABUILD_RUNS=str(tmp_path / "runs"), OMP_NUM_THREADS="1")
+    env.pop("OPENAI_API_KEY", None)
+    env.pop("OPENAI_BASE_URL", None)
+    return env
+
+
+# ---- settings and base resolution ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, flag", [
+    (dict(lora_r=128), "--lora-r"),
+    (dict(lr=-1.0), "--lr"),
+    (dict(epochs=0), "--epochs"),
+    (dict(batch_size=0), "--batch-size"),
+    (dict(max_length=2), "--max-length"),
+    (dict(report_to="mlflow"), "--report-to"),
+    (dict(scheduler="zigzag"), "--scheduler"),
+    (dict(device="tpu"), "--device"),
+    (dict(warmup_ratio=1.5), "--warmup-ratio"),
+])
+def test_bad_settings_name_the_flag(kwargs, flag):
+    with pytest.raises(ConfigError, match=flag):
+        TrainConfig(**kwargs)
+
+
+def test_missing_base_path_is_one_line_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"--base .*no such model folder") as exc:
+        resolve_base(str(tmp_path / "nope"))
+    assert "\n" not in str(exc.value)
+
+
+def test_auto_base_falls_back_to_tiny_offline_and_without_a_hub(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    assert resolve_base("auto") == ("tiny", "tiny")  # HF_HUB_OFFLINE=1 (conftest)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: the hub "does not answer"
+    assert resolve_base("auto") == ("tiny", "tiny")
+
+
+def test_local_base_and_hub_id(tiny_model_dir):
+    assert resolve_base(str(tiny_model_dir)) == ("local", str(Path(tiny_model_dir).resolve()))
+    with pytest.raises(ConfigError, match="not in the local Hugging Face cache"):
+        resolve_base("someone/not-cached-model")
+
+
+# ---- tokenization and labels --------------------------------------------------------------------------------
+
+def test_labels_mask_the_prompt_and_train_the_end_of_turn(tool_picker, tiny_model_dir, tmp_path):
+    """TRL builds labels from our completion_mask: -100 exactly on prompt tokens; the end-of-turn is trained."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from schemabuild.contract import canonical_json, encode_prompt
+    from schemabuild.train import make_trainer, sft_config
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ex = tool_picker.examples[0]
+    row = encode_example(tok, tool_picker.instructions, ex.input, canonical_json(ex.output))
+    args = sft_config(TrainConfig(**QUICK), tmp_path / "ckpt", lr=1e-3, epochs=1, max_length=512, device="cpu", bf16=False)
+    trainer = make_trainer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tok, args, [row] * 4)
+    prepared = trainer.train_dataset[0]
+    n_prompt = len(encode_prompt(tok, tool_picker.instructions, ex.input))
+    labels = prepared["labels"]
+    assert prepared["input_ids"] == row["input_ids"]
+    assert labels[:n_prompt] == [-100] * n_prompt
+    assert labels[n_prompt:] == row["input_ids"][n_prompt:]
+    _, stop_ids = end_of_turn(tok)
+    assert labels[-1] == stop_ids[0]
+    assert tok.decode(labels[n_prompt:-1]) == canonical_json(ex.output)
+
+
+# ---- full training of the tiny base (the shared fixture) ---------------------------------------------------
+
+def test_trained_run_has_what_train_writes(trained_run, tool_picker):
+    from safetensors.torch import load_file
+
+    model_dir = trained_run / "model"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "contract.json", "train_log.jsonl",
+                 "train_summary.json"):
+        assert (model_dir / name).is_file(), name
+    assert not list(model_dir.glob("*.bin")) and not list(model_dir.glob("adapter_*"))
+    contract = load_contract(model_dir)
+    assert contract["task"] == "tool_picker" and contract["base_model"] == "tiny" and contract["adapter"] is False
+    resolved = json.loads((trained_run / "train_config.json").read_text())
+    assert resolved["full_training"] is True and resolved["lr"] == 3e-3 and resolved["precision"] == "fp32"
+    log = [json.loads(line) for line in (model_dir / "train_log.jsonl").read_text().splitlines()]
+    losses = [e["loss"] for e in log if "loss" in e]
+    assert len(losses) >= 3 and losses[-1] < 0.2 * losses[0]
+    before = load_file(trained_run / "tiny_base" / "model.safetensors")
+    after = load_file(model_dir / "model.safetensors")
+    changed = [k for k in before if not (before[k] == after[k]).all()]
+    assert len(changed) == len(before)
+
+
+def test_trained_model_answers_in_the_contract_format(trained_run, tool_picker):
+    """Greedy decoding (no grammar) of training inputs gives JSON, mostly the right tool, and stops at end-of-turn."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from schemabuild.contract import encode_prompt, split_chat_row
+
+    tok = AutoTokenizer.from_pretrained(trained_run / "model")
+    model = AutoModelForCausalLM.from_pretrained(trained_run / "model").eval()
+    _, stop_ids = end_of_turn(tok)
+    rows = [split_chat_row(json.loads(line)) for line in (trained_run / "data" / "train.jsonl").read_text().splitlines()]
+    right = 0
+    for _, text, target in rows[:8]:
+        ids = encode_prompt(tok, tool_picker.instructions, text)
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=48, do_sample=False, eos_token_id=stop_ids,
+                                 pad_token_id=tok.pad_token_id)[0][len(ids):].tolist()
+        assert out[-1] in stop_ids, tok.decode(out)
+        right += json.loads(tok.decode(out[:-1]))["tool"] == json.loads(target)["tool"]
+    assert right >= 6
+
+
+# ---- LoRA on a "real" (local) base, export ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tool_picker, tiny_model_dir):
+    root = tmp_path_factory.mktemp("lora") / "runs"
+    run_dir = write_offline_run(tool_picker, root, copies=1)
+    train_run(tool_picker, run_dir, TrainConfig(base=str(tiny_model_dir), **{**QUICK, "max_steps": 4}))
+    return run_dir
+
+
+def test_lora_adapter_written_for_vllm(lora_run, tiny_model_dir):
+    model_dir = lora_run / "model"
+    assert (model_dir / "adapter_model.safetensors").is_file()
+    assert not (model_dir / "model.safetensors").exists()
+    adapter = json.loads((model_dir / "adapter_config.json").read_text())
+    assert adapter["r"] == 8 and adapter["r"] <= 64 and adapter["lora_alpha"] == 16
+    assert not adapter.get("modules_to_save")
+    assert set(adapter["target_modules"]) >= {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    contract = load_contract(model_dir)
+    assert contract["adapter"] is True and contract["base_model"] == str(Path(tiny_model_dir).resolve())
+    resolved = json.loads((lora_run / "train_config.json").read_text())
+    assert resolved["lr"] == 2e-4 and resolved["full_training"] is False
+
+
+def test_export_merged_matches_the_adapter(lora_run, tool_picker, tmp_path):
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from schemabuild.train import export_merged
+
+    out = export_merged(tool_picker, lora_run, tmp_path / "merged")
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert load_contract(out)["adapter"] is False
+    x = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        peft_logits = AutoPeftModelForCausalLM.from_pretrained(lora_run / "model")(x).logits
+        merged_logits = AutoModelForCausalLM.from_pretrained(out)(x).logits
+    assert torch.allclose(peft_logits, merged_logits, atol=1e-4)
+
+
+def test_export_vllm_prints_the_launch_command(lora_run, tool_picker, tmp_path, capsys):
+    from schemabuild.train import export_vllm
+
+    out = export_vllm(tool_picker, lora_run, tmp_path / "vllm")
+    printed = capsys.readouterr().out
+    assert (out / "adapter_model.safetensors").is_file()
+    assert f"--enable-lora --lora-modules tool_picker={out.resolve()} --max-lora-rank 8" in printed
+    assert "json_schema" in printed
+
+
+def test_export_vllm_full_model(trained_run, tool_picker, tmp_path, capsys):
+    from schemabuild.train import export_vllm
+
+    out = export_vllm(tool_picker, trained_run, tmp_path / "vllm")
+    assert (out / "model.safetensors").is_file()
+    assert f"vllm serve {out.resolve()}" in capsys.readouterr().out
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------
+
+def test_tokenizer_without_chat_template_is_a_contract_error(tool_picker, tiny_model_dir, tmp_path):
+    base = tmp_path / "plain"
+    shutil.copytree(tiny_model_dir, base)
+    for f in base.glob("chat_template.*"):
+        f.unlink()
+    cfg_path = base / "tokenizer_config.json"
+    tok_cfg = json.loads(cfg_path.read_text())
+    tok_cfg.pop("chat_template", None)
+    cfg_path.write_text(json.dumps(tok_cfg))
+    run_dir = write_offline_run(tool_picker, tmp_path / "runs", copies=1)
+    with pytest.raises(ContractError, match="no chat template"):
+        train_run(tool_picker, run_dir, TrainConfig(base=str(base), **QUICK))
+
+
+def test_too_few_rows_is_one_line_error(tool_picker, tmp_path):
+    run_dir = write_offline_run(tool_picker, tmp_path / "runs", copies=1)
+    rows = (run_dir / "data" / "train.jsonl").read_text().splitlines()[:2]
+    (run_dir / "data" / "train.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(TaskError, match="2 usable training rows; need at least 4") as exc:
+        train_run(tool_picker, run_dir, TrainConfig(base="tiny", **QUICK))
+    assert "\n" not in str(exc.value)
+
+
+def test_examples_longer_than_max_length_are_counted_and_dropped(tool_picker, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from schemabuild.train import build_tiny_base, load_split
+
+    run_dir = write_offline_run(tool_picker, tmp_path / "runs", copies=1)
+    tok = AutoTokenizer.from_pretrained(build_tiny_base(tool_picker, run_dir))
+    rows, stats = load_split(tool_picker, tok, run_dir, "train", None)
+    lengths = sorted(len(r["input_ids"]) for r in rows)
+    cut = lengths[len(lengths) // 2]
+    n_long = sum(n > cut for n in lengths)
+    assert n_long > 0
+    train_run(tool_picker, run_dir, TrainConfig(base="tiny", max_length=cut, **QUICK))
+    err = capsys.readouterr().err
+    assert f"warning: {n_long} of {len(lengths)} training examples are longer than --max-length {cut}" in err
+    resolved = json.loads((run_dir / "train_config.json").read_text())
+    assert resolved["dropped_long"] == n_long and resolved["train_rows"] == len(lengths) - n_long
+
+
+def test_resume_of_another_tasks_run_is_one_line_error(tool_picker, tmp_path):
+    other = tmp_path / "runs" / "other_task" / "r1"
+    (other / "checkpoints" / "checkpoint-1").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="belongs to task 'other_task', not 'tool_picker'"):
+        train_task(tool_picker, TrainConfig(resume=True, run=str(other), **QUICK), runs_dir=tmp_path / "runs")
+
+
+def test_resume_without_checkpoint_is_an_error(tool_picker, tmp_path):
+    run_dir = write_offline_run(tool_picker, tmp_path / "runs", copies=1)
+    with pytest.raises(ConfigError, match="--resume: .* no checkpoint"):
+        train_task(tool_picker, TrainConfig(resume=True, run=str(run_dir), **QUICK))
+
+
+def test_qlora_needs_cuda(tool_picker, tmp_path):
+    run_dir = write_offline_run(tool_picker, tmp_path / "runs", copies=1)
+    with pytest.raises(ConfigError, match="--qlora"):
+        train_run(tool_picker, run_dir, TrainConfig(base="tiny", qlora=True, **QUICK))
+
+
+def test_refine_without_module_or_with_zero(tool_picker, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "schemabuild.refine" else real(name, *a))
+    with pytest.raises(ConfigError, match="--refine"):
+        train_task(tool_picker, TrainConfig(refine=1, **QUICK), runs_dir=tmp_path / "runs")
+
+
+# ---- the command, kill -9 and --resume, torchrun -----------------------------------------------------------
+
+@pytest.mark.slow
+def test_kill_minus_nine_then_resume_continues_from_the_checkpoint(tool_picker, tmp_path):
+    run_dir = write_offline_run(tool_picker, tmp_path / "runs", copies=2)
+    cmd = [sys.executable, "-m", "schemabuild.train", "tool_picker", "--run", str(run_dir), "--base", "tiny",
+           "--no-eval", "--device", "cpu", "--batch-size", "4", "--save-steps", "2", "--logging-steps", "1",
+           "--max-steps", "40"]
+    env = _env(tmp_path)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    ckpt = run_dir / "checkpoints" / "checkpoint-2"
+    while not (ckpt / "trainer_state.json").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the checkpoint finish writing (a half-written one is skipped by --resume)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    assert not (run_dir / "model" / "train_summary.json").exists()
+    from schemabuild.train import last_checkpoint
+
+    ckpt_step = int(last_checkpoint(run_dir).name.split("-")[1])
+    done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"resuming from checkpoint-{ckpt_step} (step {ckpt_step})" in done.stdout
+    summary = json.loads((run_dir / "model" / "train_summary.json").read_text())
+    assert summary["global_step"] == 40 > ckpt_step
+    assert summary["resumed_from"] == f"checkpoint-{ckpt_step}"
+    steps = [json.loads(line)["step"] for line in (run_dir / "model" / "train_log.jsonl").read_text().splitlines()]
+    assert max(steps) == 40 and min(steps) <= ckpt_step  # the log kept the lines from before the kill
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(tool_picker, tmp_path):
+    run_dir = write_offline_run(tool_picker, tmp_path / "runs", copies=1)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "schemabuild.train", "tool_picker", "--run", str(run_dir), "--base", "tiny", "--no-eval",
+           "--device", "cpu", "--batch-size", "4", "--max-steps", "3", "--logging-steps", "1"]
+    done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    resolved = json.loads((run_dir / "train_config.json").read_text())
+    assert resolved["world_size"] == 2 and resolved["effective_batch"] == 8
+    assert json.loads((run_dir / "model" / "train_summary.json").read_text())["global_step"] == 3
+    assert load_contract(run_dir / "model")["base_model"] == "tiny"
+
+
+@pytest.mark.slow
+def test_cli_train_runs_the_whole_chain(tmp_path):
+    """`schemabuild train tool_picker`: synthesizes offline, trains the tiny base, evaluates, prints the summary."""
+    cmd = [sys.executable, "-m", "schemabuild.cli", "train", "tool_picker", "--n", "80", "--max-steps", "6",
+           "--batch-size", "4", "--device", "cpu"]
+    done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_dir = Path(done.stdout.split("serve:  schemabuild serve tool_picker --run ")[1].split()[0])
+    assert "base: the embedded tiny model" in done.stdout
+    assert (run_dir / "data" / "train.jsonl").is_file() and (run_dir / "model" / "contract.json").is_file()
+    assert (run_dir / "eval" / "report.json").is_file()
+    assert f"model:  {run_dir / 'model'}" in done.stdout
+
+
+def test_cli_bad_base_exits_non_zero_with_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "schemabuild.cli", "train", "tool_picker", "--base", str(tmp_path / "x"),
+                           "--n", "20"], env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].startswith("Error: --base")
+
+
+# ---- GPU paths ---------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+def test_gpu_lora_bf16_with_gradient_checkpointing(tool_picker, tiny_model_dir, tmp_path):
+    run_dir = write_offline_run(tool_picker, tmp_path / "runs", copies=1)
+    train_run(tool_picker, run_dir, TrainConfig(base=str(tiny_model_dir), **{**QUICK, "device": "cuda"}))
+    resolved = json.loads((run_dir / "train_config.json").read_text())
+    assert resolved["precision"] == "bf16" and resolved["gradient_checkpointing"] is True
+    assert (run_dir / "model" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.gpu
+def test_gpu_qlora(tool_picker, tiny_model_dir, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    run_dir = write_offline_run(tool_picker, tmp_path / "runs", copies=1)
+    train_run(tool_picker, run_dir, TrainConfig(base=str(tiny_model_dir), qlora=True, **{**QUICK, "device": "cuda"}))
+    assert (run_dir / "model" / "adapter_model.safetensors").is_file()
