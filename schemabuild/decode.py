@@ -78,8 +78,23 @@ _GRAMMAR_CACHE_SIZE = 256
 _GRAMMAR_LOCK = threading.Lock()
 
 
+# json_object mode: any JSON object (never a bare array or scalar, as OpenAI's mode promises), written with the
+# same compact separators and no free whitespace as the canonical training targets.
+JSON_OBJECT_EBNF = r"""
+root ::= object
+value ::= object | array | string | number | "true" | "false" | "null"
+object ::= "{" (member ("," member)*)? "}"
+member ::= string ":" value
+array ::= "[" (value ("," value)*)? "]"
+string ::= "\"" char* "\""
+char ::= [^"\\\x00-\x1f] | "\\" escape
+escape ::= ["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F]
+number ::= "-"? ("0" | [1-9] [0-9]*) ("." [0-9]+)? ([eE] [+-]? [0-9]+)?
+"""
+
+
 def grammar_key(schema: dict | None) -> str:
-    """The cache key of a schema (None = the builtin JSON grammar)."""
+    """The cache key of a schema (None = the json_object grammar)."""
     if schema is None:
         return "json"
     return hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()[:16]
@@ -89,7 +104,7 @@ def compile_grammar(tokenizer_info, schema: dict | None):
     """The xgrammar CompiledGrammar for `schema`, compiled once per (tokenizer, schema) and cached.
 
     Compact separators and no free whitespace, as in the canonical training targets. None compiles the
-    builtin JSON grammar (json_object mode). Raises GrammarError for a schema xgrammar rejects.
+    JSON-object grammar (json_object mode). Raises GrammarError for a schema xgrammar rejects.
     """
     import xgrammar as xgr
 
@@ -109,7 +124,7 @@ def compile_grammar(tokenizer_info, schema: dict | None):
         compiler = _COMPILERS[id(tokenizer_info)][1]
         try:
             if schema is None:
-                compiled = compiler.compile_builtin_json_grammar()
+                compiled = compiler.compile_grammar(JSON_OBJECT_EBNF)
             else:
                 compiled = compiler.compile_json_schema(
                     json.dumps(schema), any_whitespace=False, separators=(",", ":"), strict_mode=True
