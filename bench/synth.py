@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import subprocess
 import sys
@@ -23,25 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-@dataclasses.dataclass
-class Cfg:
-    teacher_model: str = "gpt-4o-mini"
-    concurrency: int = 32
-    timeout: float = 60.0
-    max_retries: int = 5
-    budget_usd: float | None = None
-    price_in: float | None = None
-    price_out: float | None = None
-    batch: bool = False
-    batch_poll_s: float = 10.0
-    seed: int = 0
-
-
 def label_run(task, inputs: list[str], concurrency: int, cache_file: Path) -> tuple[float, dict]:
     from schemabuild.cache import TeacherCache
+    from schemabuild.synth import SynthConfig
     from schemabuild.teachers import OpenAITeacher
 
-    teacher = OpenAITeacher(Cfg(concurrency=concurrency), TeacherCache(cache_file))
+    teacher = OpenAITeacher(SynthConfig(concurrency=concurrency), TeacherCache(cache_file))
     start, cpu = time.perf_counter(), time.process_time()
     rows = asyncio.run(teacher.label(task, inputs))
     wall = time.perf_counter() - start
