@@ -7,7 +7,7 @@ Variants (each in its own subprocess, so peak RSS is its own):
   trl-defaults   SFTTrainer with its defaults on the chat rows (TRL tokenizes; no packing; batch 8; TRL's default
                  activation checkpointing on; bf16 off because it fails on CPU)
   ours           what `schemabuild train` runs for the tiny base: contract-tokenized rows with completion_mask,
-                 no checkpointing on CPU, batch 16 (schemabuild.train.sft_config / make_trainer)
+                 no checkpointing on CPU, batch 8 (schemabuild.train.sft_config / make_trainer)
   ours+packing   the same with --packing (BFD packing, padding-free)
 Figure: non-padding tokens per second (TRL's `num_tokens` / train seconds, warm-up step excluded) and peak RSS.
 """
@@ -79,7 +79,7 @@ def run_variant(name: str, run_dir: Path, base: Path, steps: int) -> dict:
                           save_steps=10_000, logging_steps=10_000)
         encoded = encode_rows(task, tok, rows)
         max_len = max(len(r["input_ids"]) for r in encoded)
-        args = sft_config(cfg, out, lr=2e-3, epochs=1, max_length=max_len, device="cpu", bf16=False)
+        args = sft_config(cfg, out, lr=1e-3, epochs=1, batch_size=8, max_length=max_len, device="cpu", bf16=False)
         trainer = make_trainer(model, tok, args, encoded, callbacks=[clock])
     trainer.train()
     return {"variant": name, "batch": args.per_device_train_batch_size, "steps": steps,

@@ -81,7 +81,8 @@ def test_labels_mask_the_prompt_and_train_the_end_of_turn(tool_picker, tiny_mode
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     ex = tool_picker.examples[0]
     row = encode_example(tok, tool_picker.instructions, ex.input, canonical_json(ex.output))
-    args = sft_config(TrainConfig(**QUICK), tmp_path / "ckpt", lr=1e-3, epochs=1, max_length=512, device="cpu", bf16=False)
+    args = sft_config(TrainConfig(**QUICK), tmp_path / "ckpt", lr=1e-3, epochs=1, batch_size=4, max_length=512,
+                      device="cpu", bf16=False)
     trainer = make_trainer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tok, args, [row] * 4)
     prepared = trainer.train_dataset[0]
     n_prompt = len(encode_prompt(tok, tool_picker.instructions, ex.input))
@@ -107,7 +108,7 @@ def test_trained_run_has_what_train_writes(trained_run, tool_picker):
     contract = load_contract(model_dir)
     assert contract["task"] == "tool_picker" and contract["base_model"] == "tiny" and contract["adapter"] is False
     resolved = json.loads((trained_run / "train_config.json").read_text())
-    assert resolved["full_training"] is True and resolved["lr"] == 3e-3 and resolved["precision"] == "fp32"
+    assert resolved["full_training"] is True and resolved["lr"] == 2e-3 and resolved["precision"] == "fp32"
     log = [json.loads(line) for line in (model_dir / "train_log.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in log if "loss" in e]
     assert len(losses) >= 3 and losses[-1] < 0.2 * losses[0]
