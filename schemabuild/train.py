@@ -18,10 +18,12 @@ Prompts and targets come from `schemabuild.contract.encode_example` only: the lo
 the end-of-turn token (so the model learns to stop), never on the prompt.
 
 More than one device (the Trainer picks the launcher's settings up from the environment):
-    torchrun --nproc_per_node 2 -m schemabuild.train tool_picker --run <dir>     # DDP (gloo on CPU, nccl on GPU)
+    torchrun --nproc_per_node 2 -m schemabuild.train tool_picker --config train.json   # DDP (gloo on CPU, nccl on GPU)
     accelerate launch --num_processes 2 -m schemabuild.train tool_picker --run <dir>
     accelerate launch --config_file fsdp.yaml -m schemabuild.train ...          # FSDP / DeepSpeed via accelerate config
-Under a launcher, synthesize first (`schemabuild synth <task>`): every process must find the same data.
+Under a launcher, synthesize first (`schemabuild synth <task> --n N`, the same --n as `train`): every process then
+trains the task's latest run. torchrun's own parser takes `--run` and `--n` for abbreviations of its flags: put
+them in a `--config` file ({"run": "<dir>", "n": 1000}) instead.
 `--batch-size` is per process; the effective batch is batch_size × grad_accum × processes.
 """
 

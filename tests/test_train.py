@@ -305,11 +305,21 @@ def test_kill_minus_nine_then_resume_continues_from_the_checkpoint(tool_picker, 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(tool_picker, tmp_path):
-    run_dir = write_offline_run(tool_picker, tmp_path / "runs", copies=1)
+    """Synthesize first, then every process trains that run (torchrun's parser takes `--run` and `--n` as
+    abbreviations of its own flags, so they go in a `--config` file)."""
+    env = _env(tmp_path)
+    synth = subprocess.run([sys.executable, "-m", "schemabuild.cli", "synth", "tool_picker", "--n", "60"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert synth.returncode == 0, synth.stderr[-2000:]
+    from schemabuild.runs import latest_run
+
+    run_dir = latest_run("tool_picker", tmp_path / "runs")
+    settings = tmp_path / "train.json"
+    settings.write_text(json.dumps({"run": str(run_dir), "n": 60}))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "schemabuild.train", "tool_picker", "--run", str(run_dir), "--base", "tiny", "--no-eval",
+           "-m", "schemabuild.train", "tool_picker", "--config", str(settings), "--base", "tiny", "--no-eval",
            "--device", "cpu", "--batch-size", "4", "--max-steps", "3", "--logging-steps", "1"]
-    done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     resolved = json.loads((run_dir / "train_config.json").read_text())
     assert resolved["world_size"] == 2 and resolved["effective_batch"] == 8
