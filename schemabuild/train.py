@@ -174,13 +174,24 @@ def _hub_answers(repo_id: str, timeout: float = 1.5) -> bool:
         return False
     import urllib.request
 
+    import threading
+
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    try:
-        req = urllib.request.Request(f"{endpoint}/api/models/{repo_id}", method="HEAD")
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - fixed https endpoint
-            return resp.status == 200
-    except Exception:  # noqa: BLE001 - any failure means "no hub"
-        return False
+    answer = []
+
+    def head() -> None:
+        try:
+            req = urllib.request.Request(f"{endpoint}/api/models/{repo_id}", method="HEAD")
+            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - fixed https endpoint
+                answer.append(resp.status == 200)
+        except Exception:  # noqa: BLE001 - any failure means "no hub"
+            answer.append(False)
+
+    # In a thread with a hard deadline: urlopen's timeout does not cover a hanging DNS lookup.
+    probe = threading.Thread(target=head, daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return bool(answer and answer[0])
 
 
 def resolve_base(base: str) -> tuple[str, str]:
