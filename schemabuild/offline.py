@@ -8,6 +8,11 @@ How pairs are built, for any task:
   `tool`). Each carrier is filled with the slot values of every example in its group, so the output is
   that donor's output and the label stays consistent. A hints list named after the slot's field
   (`hints["city"]` or `hints["cities"]` for a field `city`) adds values too; other hints are never put in slots.
+- Slots are also filled with invented words (random syllables, e.g. "zorvap kinto"): a small model trained on
+  real values only memorises them and reads the label off the slot text; with invented values it has to copy
+  whatever sits in the slot and take the other fields from the carrier. These pairs read as nonsense on purpose.
+- Spliced carriers: the text before the slots from one example and after them from another of the same group
+  with the same slots ("set a timer for <query> for the tea"), so the carrier words come in more combinations.
 - Every filled carrier gets surface variants: casing, fillers before/after (a small generic list plus
   `hints["fillers"]`), punctuation, a dropped or swapped letter in a carrier word, and swapping or dropping a
   leading word that starts examples of three or more groups (so it says nothing about the label).
@@ -34,6 +39,9 @@ FILLERS_AFTER = [" pls", " please", " thanks", " thx", " lol", " :)", " 🙏", "
 ENDINGS = ["?", "!", "!!", ".", "..."]
 MAX_VARIANTS = 48
 """Most surface variants tried per filled carrier."""
+INVENTED_FILLS = 8
+"""Slot fills of invented words per carrier (see the module docstring)."""
+CONSONANTS, VOWELS = "bcdfghjklmnprstvwz", "aeiou"
 
 
 @dataclasses.dataclass
@@ -106,6 +114,16 @@ def _get_path(obj: Any, path: tuple) -> Any:
     return obj
 
 
+def invented_words(rng: random.Random, k: int) -> str:
+    """k pronounceable made-up words (1-3 syllables, sometimes capitalised)."""
+    words = []
+    for _ in range(k):
+        w = "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) + (rng.choice(CONSONANTS) if rng.random() < 0.4 else "")
+                    for _ in range(rng.randint(1, 3)))
+        words.append(w.capitalize() if rng.random() < 0.2 else w)
+    return " ".join(words)
+
+
 def _find(value: str, text: str) -> tuple[int, int] | None:
     """The first case-insensitive, word-bounded occurrence of value in text."""
     left = r"\b" if re.match(r"\w", value[0]) else ""
@@ -130,6 +148,9 @@ class OfflineTeacher:
         for c in self.carriers:
             self.groups[c.group].append(c.example)
         self.openers = self._openers()
+        self.spliced = {key: self._splices(members) for key, members in self.groups.items()}
+        self.invented: set[str] = set()
+        """Slot values this teacher made up (the rest come from the examples and hints)."""
         self.labels: dict[str, str] = {}
         self.shortfall: str | None = None
 
@@ -163,6 +184,20 @@ class OfflineTeacher:
             _set_path(signature, path, "\x00slot")
         return Carrier(parts, i, json.dumps(signature, sort_keys=True), slots)
 
+    def _splices(self, members: list[int]) -> list[Carrier]:
+        """Carriers joining one example's text up to its first slot to another's after it (same group, same slots)."""
+        out, seen = [], {tuple(map(str, self.carriers[i].parts)) for i in members}
+        for i in members:
+            for j in members:
+                a, b = self.carriers[i], self.carriers[j]
+                if i == j or not a.slots or a.slots != b.slots:
+                    continue
+                parts = a.parts[:a.parts.index(a.slots[0]) + 1] + b.parts[b.parts.index(b.slots[0]) + 1:]
+                if tuple(map(str, parts)) not in seen:
+                    seen.add(tuple(map(str, parts)))
+                    out.append(Carrier(parts, i, a.group, a.slots))
+        return out
+
     def _openers(self) -> dict[str, set[str]]:
         """Leading words (1-2) that start examples of at least three groups, so they carry no label.
 
@@ -194,6 +229,12 @@ class OfflineTeacher:
                 for v in self.task.hints.get(key, []):
                     if (v,) not in donors and v.strip():
                         donors.append((v,))
+        if carrier.slots:
+            rng = random.Random("invent:" + repr(carrier.parts))
+            for _ in range(INVENTED_FILLS):
+                values = tuple(invented_words(rng, rng.randint(1, 4)) for _ in carrier.slots)
+                self.invented.update(values)
+                donors.append(values)
         return donors
 
     # ---- variation -----------------------------------------------------------------------------
@@ -269,8 +310,7 @@ class OfflineTeacher:
         per_group: list[list[tuple[str, str]]] = []
         for key in sorted(self.groups):
             bases = []
-            for i in self.groups[key]:
-                c = self.carriers[i]
+            for c in [self.carriers[i] for i in self.groups[key]] + self.spliced[key]:
                 for values in self._donors(c):
                     label = self._fill(c, values)
                     if label is not None:
@@ -329,9 +369,12 @@ class OfflineTeacher:
     def note(self) -> str:
         """What the manifest says about how the pairs were made."""
         n_slots = sum(1 for c in self.carriers if c.slots)
+        n_spliced = sum(len(v) for v in self.spliced.values())
         text = (f"offline teacher, no LLM: pairs recombined from the task's {len(self.task.examples)} examples "
-                f"({n_slots} carrier templates with slots filled by values from examples with the same other "
-                f"fields, in {len(self.groups)} groups) plus surface variants (casing, fillers, punctuation, typos). "
+                f"({n_slots} carrier templates plus {n_spliced} spliced from two examples of a group, with slots "
+                f"filled by values from examples with the same other fields or by invented words, in "
+                f"{len(self.groups)} groups) plus surface variants (casing, fillers, punctuation, typos). "
+                "Pairs with invented slot words read as nonsense on purpose: they teach copying the slot. "
                 "Labels are as right as the examples; phrasing variety is limited to the examples' own carriers. "
                 "Set OPENAI_API_KEY or OPENAI_BASE_URL for an LLM teacher.")
         if self.shortfall:

@@ -41,12 +41,15 @@ def test_pool_is_valid_consistent_distinct_and_deterministic(tool_picker):
         assert normalize(text) not in example_inputs
         if out.query is not None:
             assert out.query in text  # copied verbatim: slot text is never varied
-            # the donor value comes from an example with the same tool
-            assert tools_of_example_queries[out.query] == out.tool
+            # the donor value comes from an example with the same tool, or is made up
+            assert out.query in t.invented or tools_of_example_queries[out.query] == out.tool
         else:
             assert out.tool == "no_tool"
     tools = [json.loads(raw)["tool"] for _, raw in pairs]
     assert min(tools.count(t) for t in set(tools)) >= 100  # classes interleaved, no_tool included
+    invented = [x for x, raw in pairs if json.loads(raw)["query"] in t.invented]
+    assert 0.2 * len(pairs) < len(invented) < 0.8 * len(pairs)  # real slot values stay common
+    assert any(x.startswith("set a timer for ") and x.endswith(" for the tea") for x, _ in pairs)  # spliced carrier
 
 
 def test_over_a_thousand_pairs_survive_the_checks(tool_picker):
@@ -92,7 +95,7 @@ def test_enum_fields_and_non_verbatim_strings_are_never_slots():
         out = Review.model_validate_json(raw)
         assert out.product in text
         if out.sentiment == "negative":
-            assert out.product == "the kettle"  # its group has no other donor
+            assert out.product in {"the kettle"} | t.invented  # its group has no other example donor
         assert "positive" not in text or out.sentiment == "positive"
 
 
@@ -106,9 +109,10 @@ def test_hints_named_after_the_field_fill_slots_other_hints_do_not():
                 examples=[Example("3 days in Rome please", Trip(city="Rome", days=3)),
                           Example("plan 3 days in Lisbon", Trip(city="Lisbon", days=3))],
                 hints={"cities": ["Kyoto"], "topics": ["museums"]})
-    pairs = OfflineTeacher(task).pool(200, seed=0)
+    t = OfflineTeacher(task)
+    pairs = t.pool(200, seed=0)
     cities = {Trip.model_validate_json(raw).city for _, raw in pairs}
-    assert cities == {"Rome", "Lisbon", "Kyoto"}
+    assert cities - t.invented == {"Rome", "Lisbon", "Kyoto"}
     assert not any("museums" in text for text, _ in pairs)
     assert all(Trip.model_validate_json(raw).days == 3 for _, raw in pairs)
 
