@@ -202,9 +202,11 @@ def _load_causal_lm(path_or_id, device: str):
     """A causal LM from safetensors only, no remote code; bf16 on GPU, fp32 on CPU."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     from schemabuild.contract import ContractError
 
+    hf_logging.disable_progress_bar()  # a tiny model loads in milliseconds: no "Loading weights" bar on stderr
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     try:
         return AutoModelForCausalLM.from_pretrained(str(path_or_id), dtype=dtype, use_safetensors=True,

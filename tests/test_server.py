@@ -406,7 +406,7 @@ def test_cli_predict_runs_the_trained_model_locally(trained_run, tool_picker):
     result = CliRunner().invoke(main, ["predict", "tool_picker", text, "--run", str(trained_run), "--runs-dir", str(root)])
     if local.output is not None:
         assert result.exit_code == 0, result.output
-        assert tool_picker.validate_output(result.output.strip().splitlines()[-1]) == local.output
+        assert tool_picker.validate_output(result.stdout.strip()) == local.output
     else:  # an undertrained model: one line naming why, non-zero exit
         assert result.exit_code != 0 and "no valid output" in result.output
 
