@@ -344,6 +344,15 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _quiet_library_progress() -> None:
+    """One progress bar (ours) for training: no per-step bars from datasets/transformers for milliseconds of work."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+
+
 def train_run(task, run_dir: Path, cfg: TrainConfig) -> Path:
     """Fine-tune on `run_dir/data/` and write `run_dir/model/`; returns the model directory."""
     import torch
@@ -352,6 +361,8 @@ def train_run(task, run_dir: Path, cfg: TrainConfig) -> Path:
     from schemabuild.contract import ContractError, build_contract, render_prompt, save_contract
     from schemabuild.runs import write_json
     from schemabuild.task import TaskError
+
+    _quiet_library_progress()
 
     run_dir = Path(run_dir)
     model_dir, ckpt_dir = run_dir / "model", run_dir / "checkpoints"
