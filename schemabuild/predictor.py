@@ -68,17 +68,8 @@ class Predictor:
     @classmethod
     def from_model_dir(cls, task, model_dir, device=None) -> "Predictor":
         """Load `model_dir` (full weights or a PEFT adapter) after checking its contract against `task`."""
-        from transformers import AutoTokenizer
-
-        from schemabuild.contract import ContractError, check_contract, load_contract
-
         model_dir = Path(model_dir)
-        contract = load_contract(model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-        try:
-            check_contract(contract, task, tokenizer)
-        except ContractError as exc:
-            raise ContractError(f"{model_dir}: {exc}") from None
+        contract, tokenizer = load_checked(task, model_dir)
         device = resolve_device(device)
         if contract.get("adapter"):
             from peft import PeftModel
@@ -197,6 +188,21 @@ class Predictor:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
+
+def load_checked(task, model_dir: Path):
+    """(contract, tokenizer) of a model folder, after checking its contract against `task` (ContractError names the folder)."""
+    from transformers import AutoTokenizer
+
+    from schemabuild.contract import ContractError, check_contract, load_contract
+
+    contract = load_contract(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    try:
+        check_contract(contract, task, tokenizer)
+    except ContractError as exc:
+        raise ContractError(f"{model_dir}: {exc}") from None
+    return contract, tokenizer
+
 
 def _load_causal_lm(path_or_id, device: str):
     """A causal LM from safetensors only, no remote code; bf16 on GPU, fp32 on CPU."""

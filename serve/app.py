@@ -245,11 +245,8 @@ def load_models(tasks: list, cfg: ServeConfig, runs_dir=None, model_dirs: list |
     Every contract is checked before any weights load. PEFT adapters on the same base (with the same
     tokenizer) are loaded onto one copy of it as named adapters; full-weight models load on their own.
     """
-    from transformers import AutoTokenizer
-
-    from schemabuild.contract import ContractError, check_contract, load_contract
     from schemabuild.decode import Decoder
-    from schemabuild.predictor import Predictor, _adapter_base, _load_causal_lm, resolve_device
+    from schemabuild.predictor import Predictor, _adapter_base, _load_causal_lm, load_checked, resolve_device
 
     names = [t.name for t in tasks]
     if cfg.run and len(tasks) > 1 and model_dirs is None:
@@ -261,12 +258,7 @@ def load_models(tasks: list, cfg: ServeConfig, runs_dir=None, model_dirs: list |
 
     full, adapters = [], defaultdict(list)  # adapters: (base, tokenizer identity) -> [(task, dir, tok, contract)]
     for task, model_dir in zip(tasks, dirs):
-        contract = load_contract(model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-        try:
-            check_contract(contract, task, tokenizer)
-        except ContractError as exc:
-            raise ContractError(f"{model_dir}: {exc}") from None
+        contract, tokenizer = load_checked(task, model_dir)
         if contract.get("adapter") or (model_dir / "adapter_config.json").is_file():
             vocab = hash(json.dumps(sorted(tokenizer.get_vocab().items())))
             key = (_adapter_base(model_dir, contract), contract.get("chat_template_hash"), vocab)
