@@ -358,7 +358,7 @@ def train_run(task, run_dir: Path, cfg: TrainConfig) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from schemabuild.config import resolved
-    from schemabuild.contract import ContractError, build_contract, render_prompt, save_contract
+    from schemabuild.contract import build_contract, render_prompt, save_contract
     from schemabuild.runs import write_json
     from schemabuild.task import TaskError
 
