@@ -19,6 +19,8 @@ from schemabuild.evaluate import (
     token_f1, write_reports,
 )
 from schemabuild.task import Example, FieldEval, Task, TaskError
+from tests.conftest import EVALS
+from tests.fake_openai import fake_openai  # noqa: F401  (fixture)
 
 
 # ---- small models --------------------------------------------------------------------------------
@@ -416,3 +418,19 @@ def test_evaluate_run_is_what_train_prints(trained_run, tool_picker):
     report = evaluate_run(tool_picker, trained_run, quiet=True, limit=8)
     assert report["n"] == 8 and (trained_run / "eval" / "report.md").is_file()
     assert "json_valid" in format_summary(report)
+
+
+@pytest.mark.slow
+def test_compare_teacher_scores_the_llm_teacher_beside_the_model(trained_run, fake_openai, tmp_path):
+    """--compare teacher labels the gold inputs through the configured OpenAI-compatible teacher (a real loopback server)."""
+    gold = [json.loads(x) for x in (EVALS / "tool_picker.jsonl").read_text().splitlines()[:8]]
+    for row in gold[:6]:  # the teacher knows six answers; the other two get "{}" (schema-invalid)
+        fake_openai.answers[row["input"]] = row["output"]
+    result = eval_cli("--run", trained_run, "--out", tmp_path, "--limit", "8", "--compare", "teacher")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    teacher = report["models"]["teacher"]
+    assert teacher["source"].startswith("openai:")
+    assert teacher["metrics"]["json_valid"] == 1.0 and teacher["metrics"]["schema_valid"] == pytest.approx(6 / 8)
+    assert teacher["metrics"]["exact_match"] == pytest.approx(6 / 8)
+    assert fake_openai.counts["/v1/chat/completions"] == 8  # one labelling call per gold input
