@@ -117,3 +117,14 @@ def trained_run(tmp_path_factory, tool_picker):
 
 # Spinning OpenMP threads slow torch on a shared CPU several-fold; must be set before torch is first imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models decode far faster on one intra-op thread than on two contended cores (use per module)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -13,15 +13,7 @@ from hypothesis import strategies as st
 from schemabuild.contract import encode_prompt, grammar_schema, load_contract
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models decode far faster on one intra-op thread than on two contended cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,7 @@ import pytest
 from schemabuild.contract import CONTRACT_FILE, ContractError, build_contract, save_contract
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models decode far faster on one intra-op thread than on two contended cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
