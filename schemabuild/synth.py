@@ -287,17 +287,23 @@ async def _collect(task, cfg: SynthConfig, teacher, gold: list[str] | None, log_
         if stopped is not None:
             raise stopped
 
+    async def label(inputs: list[str], source: str, desc: str) -> None:
+        """Label `inputs` into candidates; on a budget stop, keep what came back before re-raising."""
+        rows: list = []
+        with tqdm(total=len(inputs), desc=desc, unit="pair", disable=None) as bar:
+            try:
+                rows = await _label_all(teacher, task, inputs, chunk, bar)
+            except BudgetExceeded as exc:
+                rows = exc.results or []
+                raise
+            finally:
+                candidates.extend(Candidate(r.input, r.raw, source, r.error) for r in rows)
+
     try:
         new_logs = [x for x in log_inputs if x not in seen]
         if new_logs:
             seen.update(new_logs)
-            with tqdm(total=len(new_logs), desc="label logged inputs", unit="pair", disable=None) as bar:
-                try:
-                    rows = await _label_all(teacher, task, new_logs, chunk, bar)
-                except BudgetExceeded as exc:
-                    candidates.extend(Candidate(r.input, r.raw, "log", r.error) for r in exc.results or [])
-                    raise
-            candidates.extend(Candidate(r.input, r.raw, "log", r.error) for r in rows)
+            await label(new_logs, "log", "label logged inputs")
         for rnd in range(MAX_ROUNDS):
             check()
             await judge()
@@ -311,13 +317,7 @@ async def _collect(task, cfg: SynthConfig, teacher, gold: list[str] | None, log_
                 stop = f"the teacher produced no new inputs in round {rnd + 1}"
                 break
             seen.update(fresh)
-            with tqdm(total=len(fresh), desc=f"label (round {rnd + 1})", unit="pair", disable=None) as bar:
-                try:
-                    rows = await _label_all(teacher, task, fresh, chunk, bar)
-                except BudgetExceeded as exc:
-                    candidates.extend(Candidate(r.input, r.raw, "teacher", r.error) for r in exc.results or [])
-                    raise
-            candidates.extend(Candidate(r.input, r.raw, "teacher", r.error) for r in rows)
+            await label(fresh, "teacher", f"label (round {rnd + 1})")
         else:
             check()
             await judge()
