@@ -12,6 +12,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Iterator
 
+import pytest
+
 QUICK_TASK = '''"""A test task with only bounded output fields."""
 
 from typing import Literal
@@ -113,3 +115,16 @@ def gate_decoder(decoder):
 
     decoder.generate = held
     return gate, lambda: setattr(decoder, "generate", original)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """The quick_pick task with an untrained tiny model (always completes: an enum and a bool)."""
+    return build_quick(tmp_path_factory.mktemp("quick"))
+
+
+@pytest.fixture(scope="module")
+def server(quick):
+    """A real server on loopback serving `quick`."""
+    with running_server([quick.task], [quick.model_dir]) as srv:
+        yield srv

@@ -12,21 +12,10 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from tests.serving import build_quick, running_server
+from tests.serving import quick, running_server, server  # noqa: F401  (quick, server: fixtures)
 
 CHROMIUM = Path("/usr/bin/chromium")
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)")
-
-
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    return build_quick(tmp_path_factory.mktemp("quick"))
-
-
-@pytest.fixture(scope="module")
-def server(quick):
-    with running_server([quick.task], [quick.model_dir]) as srv:
-        yield srv
 
 
 def dump_dom(url: str, tmp_path) -> str:

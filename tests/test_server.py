@@ -14,20 +14,9 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
-from tests.serving import assert_error, build_quick, gate_decoder, running_server
+from tests.serving import assert_error, gate_decoder, quick, running_server, server  # noqa: F401  (quick, server: fixtures)
 
 PREDICT = "/v1/tasks/quick_pick/predict"
-
-
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    return build_quick(tmp_path_factory.mktemp("quick"))
-
-
-@pytest.fixture(scope="module")
-def server(quick):
-    with running_server([quick.task], [quick.model_dir]) as srv:
-        yield srv
 
 
 def post(url: str, path: str, body: dict, **kw) -> httpx.Response:
