@@ -89,6 +89,28 @@ def shingles(text: str, n: int = SHINGLE) -> frozenset[str]:
     return frozenset(t[i:i + n] for i in range(len(t) - n + 1))
 
 
+def word_ngrams(text: str, n: int = 3) -> set[tuple[str, ...]]:
+    words = normalize(text).split()
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def overlap_report(train_inputs: list[str], gold_inputs: list[str], n: int = 3) -> dict:
+    """How much a gold set's phrasing the training inputs share: the proof that decontamination is real.
+
+    - `exact`: gold inputs whose normalized text is also a training input;
+    - `ngram_share`: the share of the gold set's word n-grams that occur in some training input;
+    - `nearest_mean` / `nearest_max`: per gold input, the character-shingle Jaccard of its nearest training input.
+    """
+    train_norm = {normalize(t) for t in train_inputs}
+    train_grams = set().union(*(word_ngrams(t, n) for t in train_inputs)) if train_inputs else set()
+    gold_grams = set().union(*(word_ngrams(g, n) for g in gold_inputs)) if gold_inputs else set()
+    train_sh = [shingles(t) for t in train_inputs]
+    nearest = [max((jaccard(shingles(g), t) for t in train_sh), default=0.0) for g in gold_inputs]
+    return {"gold_rows": len(gold_inputs), "exact": sum(normalize(g) in train_norm for g in gold_inputs),
+            f"word_{n}gram_share": round(len(gold_grams & train_grams) / max(1, len(gold_grams)), 4),
+            "nearest_mean": round(sum(nearest) / max(1, len(nearest)), 4), "nearest_max": round(max(nearest, default=0.0), 4)}
+
+
 def jaccard(a: frozenset, b: frozenset) -> float:
     if not a and not b:
         return 1.0

@@ -3,8 +3,11 @@
 Training, evaluation and serving import these functions and nothing else to turn a task input into
 tokens, so all three see byte-identical prompts and targets.
 
-- Prompt: the tokenizer's chat template over [system = task instructions, user = input], generation
-  prompt on.
+- Prompt: the tokenizer's chat template over [system = the system prompt, user = input], generation prompt
+  on. A fine-tuned model's system prompt is the task's short *student prompt* (`student_prompt`): it learnt the
+  task from the data, so the whole instruction text on every request would only cost compute (~5x the tokens of
+  a tool_picker row). Un-tuned bases (`eval --compare base`) and teachers get the full instructions.
+  `contract.json` records which one a model was trained with, and every prompt is built from that record.
 - Target: the canonical JSON of the output object (keys in the model's field order, compact separators,
   every key present with null for missing optionals, non-ASCII kept), then the end-of-turn token.
 - Grammar: the output model's JSON schema with every property required and no extra properties, compiled
@@ -23,7 +26,7 @@ from pydantic import BaseModel
 if TYPE_CHECKING:
     from schemabuild.task import Task
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2  # 2: the system prompt (student or full) is part of the contract
 CONTRACT_FILE = "contract.json"
 # One rule for the JSON text everywhere (training target, grammar, eval, serving).
 CANONICAL = {"separators": [",", ":"], "key_order": "model", "nulls": "explicit", "ensure_ascii": False}
@@ -48,8 +51,20 @@ def canonical_json(value: BaseModel | dict | list | Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def student_prompt(task: "Task") -> str:
+    """The short system line fine-tuned models are trained and served with: `Task.student_prompt`, else derived."""
+    return task.student_prompt or f"Task: {task.name}. Reply with the JSON only."
+
+
+def system_prompt(task: "Task", contract: dict | None = None) -> str:
+    """The system text a model sees: what its contract recorded; the full instructions without a contract."""
+    if contract is not None and contract.get("prompt") == "student":
+        return contract["system_prompt"]
+    return task.instructions
+
+
 def messages(instructions: str, text: str) -> list[dict]:
-    """The prompt messages: system = task instructions, user = input."""
+    """The prompt messages: system = the system prompt (student line or task instructions), user = input."""
     return [{"role": "system", "content": instructions}, {"role": "user", "content": text}]
 
 
@@ -156,15 +171,21 @@ def encode_example(tokenizer, instructions: str, text: str, target_json: str) ->
 
 # ---- contract.json ---------------------------------------------------------------------------------
 
-def build_contract(task: "Task", tokenizer, base_model: str, **extra: Any) -> dict:
+def build_contract(task: "Task", tokenizer, base_model: str, prompt: str = "student", **extra: Any) -> dict:
+    """The contract of a model: `prompt` is "student" for fine-tuned models, "full" for un-tuned bases."""
     from schemabuild import __version__
 
+    if prompt not in ("student", "full"):
+        raise ValueError(f"prompt must be 'student' or 'full', got {prompt!r}")
     eot_text, stop_ids = end_of_turn(tokenizer)
+    system = student_prompt(task) if prompt == "student" else task.instructions
     return {
         "contract_version": CONTRACT_VERSION,
         "task": task.name,
         "schema_hash": schema_hash(task.output),
         "instructions_hash": sha(task.instructions),
+        "prompt": prompt,
+        "system_prompt": system,
         "chat_template_hash": sha(tokenizer.chat_template or ""),
         "end_of_turn": eot_text,
         "stop_ids": stop_ids,
@@ -208,6 +229,13 @@ def check_contract(contract: dict, task: "Task", tokenizer=None) -> None:
         raise ContractError(
             f"task {task.name!r}: the instructions changed since this model was trained; retrain with `schemabuild train {task.name}`"
         )
+    if contract.get("prompt") == "student" and contract.get("system_prompt") != student_prompt(task):
+        raise ContractError(
+            f"task {task.name!r}: the student prompt changed since this model was trained "
+            f"({contract.get('system_prompt')!r} -> {student_prompt(task)!r}); retrain with `schemabuild train {task.name}`"
+        )
+    if contract.get("prompt") not in ("student", "full"):
+        raise ContractError(f"contract prompt {contract.get('prompt')!r} is neither 'student' nor 'full'; retrain the model")
     if contract.get("canonical_json") != CANONICAL or contract.get("grammar") != GRAMMAR:
         raise ContractError("model was trained with other canonical-JSON or grammar settings; retrain it")
     if tokenizer is not None:

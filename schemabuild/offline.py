@@ -34,13 +34,45 @@ from typing import Any
 from schemabuild.checks import NearDupIndex, normalize, shingles
 from schemabuild.contract import canonical_json
 
-FILLERS_BEFORE = ["hey ", "yo ", "ok ", "pls ", "hi ", "um ", "so "]
-FILLERS_AFTER = [" pls", " please", " thanks", " thx", " lol", " :)", " 🙏", " 😊", " asap", " rn"]
+FILLERS_BEFORE = ["hey ", "yo ", "ok ", "pls ", "hi ", "um ", "so ", "hmm ", "oh ", "alright "]
+FILLERS_AFTER = [" pls", " please", " thanks", " thx", " lol", " :)", " 🙏", " 😊", " asap", " rn", " 🔥", " 😂", " 👀",
+                 " ty", " thank you!", " haha", " xD", " <3", " ✨", " 💯"]
+# Requests wrapped in politeness or a lead-in clause: longer messages whose extra words say nothing about the label.
+POLITE_BEFORE = ["please ", "could you ", "can you please ", "would you mind ", "if you can, ", "kindly ",
+                 "when you get a sec, ", "quick favour: ", "i'd love it if you could ", "do me a favour and "]
+POLITE_AFTER = [" if you can", " when you have a moment", ", thank you so much", " for me", " for us",
+                " if that's ok", ", much appreciated", " whenever you're free"]
+LEAD_INS = ["ok so quick question, ", "sorry to bother you but ", "random thought, ", "before i forget, ",
+            "one more thing: ", "alright everyone, ", "no rush but ", "honestly, ", "btw ", "real quick, "]
 ENDINGS = ["?", "!", "!!", ".", "..."]
 MAX_VARIANTS = 48
 """Most surface variants tried per filled carrier."""
 INVENTED_FILLS = 8
 """Slot fills of invented words per carrier (see the module docstring)."""
+WORD_FILLS = 6
+"""Slot fills of everyday words per carrier (phrases from the generic vocabulary below)."""
+SHOUT, SLOT_TYPO = 0.06, 0.05
+"""Chance that a variant is all capitals (slot and label too), or has a typo inside a slot (copied to the label)."""
+# A generic vocabulary for slot fills: real words in new combinations, so the model copies any words, not only the
+# examples' values or invented ones. Nothing here is about any one task.
+ADJECTIVES = ("tiny old red sleepy angry happy giant rainy frozen golden ancient electric wild quiet shiny broken "
+              "fluffy spicy haunted floating purple retro cozy noisy secret lazy brave weird vintage neon").split()
+NOUNS = ("otter castle robot pancake volcano lighthouse bicycle dragon library teapot submarine cactus penguin "
+         "skyscraper violin meteor garden hamster train bridge forest lantern pirate wizard taco comet island "
+         "tractor owl glacier keyboard marathon circus canyon waterfall spaceship sandwich orchestra festival").split()
+VERBS_ING = "dancing sleeping racing singing falling cooking flying melting jumping spinning hiding glowing".split()
+VERBS = "build fix paint clean grow draw fold cook repair tune".split()
+NAMES = ("Mira Solano Kenji Okafor Lucia Brandt Arjun Novak Elena Duarte Tomas Lindqvist Amara Haddad Felix Moreau "
+         "Ingrid Castillo Ravi Petrova").split()
+
+
+def everyday_phrase(rng: random.Random) -> str:
+    """A short phrase of real words (e.g. "a sleepy otter", "owls dancing", "how to fix a teapot", "Mira Novak")."""
+    adj, noun, other = rng.choice(ADJECTIVES), rng.choice(NOUNS), rng.choice(NOUNS)
+    forms = [f"{adj} {noun}", f"a {adj} {noun}", f"the {noun} of the {other}", f"{noun}s {rng.choice(VERBS_ING)}",
+             f"how to {rng.choice(VERBS)} a {noun}", f"{rng.choice(NAMES)} {rng.choice(NAMES)}",
+             f"{adj} {noun} {other}s", f"{noun} {rng.randint(2, 99)}"]
+    return rng.choice(forms)
 CONSONANTS, VOWELS = "bcdfghjklmnprstvwz", "aeiou"
 
 
@@ -235,6 +267,10 @@ class OfflineTeacher:
                 values = tuple(invented_words(rng, rng.randint(1, 4)) for _ in carrier.slots)
                 self.invented.update(values)
                 donors.append(values)
+            for _ in range(WORD_FILLS):
+                values = tuple(everyday_phrase(rng) for _ in carrier.slots)
+                self.invented.update(values)
+                donors.append(values)
         return donors
 
     # ---- variation -----------------------------------------------------------------------------
@@ -244,10 +280,12 @@ class OfflineTeacher:
         parts = list(parts)
         lit = [i for i, p in enumerate(parts) if isinstance(p, str)]
         first, last = lit[0], lit[-1]  # parts always begin and end with a literal (maybe empty)
-        ops = rng.sample(["case", "before", "after", "ending", "typo", "opener"], k=rng.randint(1, 3))
+        ops = rng.sample(["case", "before", "after", "ending", "typo", "opener", "polite", "lead_in"],
+                         k=rng.randint(1, 4))
         fillers_before = FILLERS_BEFORE + [f + " " for f in self.task.hints.get("fillers", [])]
         fillers_after = FILLERS_AFTER + [" " + f for f in self.task.hints.get("fillers", [])]
-        for op in sorted(ops, key=["opener", "typo", "case", "before", "after", "ending"].index):
+        order = ["opener", "typo", "case", "polite", "lead_in", "before", "after", "ending"]
+        for op in sorted(ops, key=order.index):
             if op == "opener" and self.openers:
                 head = parts[first]
                 low = head.lower()
@@ -273,6 +311,13 @@ class OfflineTeacher:
                 if rng.random() < 0.3:
                     for i in lit:
                         parts[i] = parts[i].lower()
+            elif op == "polite":
+                if rng.random() < 0.5:
+                    parts[first] = rng.choice(POLITE_BEFORE) + parts[first]
+                else:
+                    parts[last] = parts[last].rstrip(" .!?") + rng.choice(POLITE_AFTER)
+            elif op == "lead_in":
+                parts[first] = rng.choice(LEAD_INS) + parts[first]
             elif op == "before":
                 parts[first] = rng.choice(fillers_before) + parts[first]
             elif op == "after":
@@ -281,6 +326,23 @@ class OfflineTeacher:
                 tail = parts[last].rstrip(" .!?")
                 parts[last] = tail + rng.choice(ENDINGS) if tail or last != first else parts[last]
         return parts
+
+    def _reshape(self, c: Carrier, parts: list, values: tuple, label: str, rng: random.Random):
+        """All capitals, or a typo inside one slot value; the label follows (it copies the slot verbatim)."""
+        if rng.random() < SHOUT / (SHOUT + SLOT_TYPO):
+            new_parts = [p.upper() if isinstance(p, str) else p for p in parts]
+            new_values = tuple(v.upper() for v in values)
+        else:
+            new_parts, k = parts, rng.randrange(len(values))
+            words = list(re.finditer(r"[A-Za-z]{5,}", values[k]))
+            if not words:
+                return parts, values, label
+            m = rng.choice(words)
+            w, j = m.group(), rng.randrange(1, len(m.group()) - 1)
+            typo = w[:j] + w[j + 1:] if rng.random() < 0.5 else w[:j] + w[j] + w[j:]
+            new_values = values[:k] + (values[k][:m.start()] + typo + values[k][m.end():],) + values[k + 1:]
+        new_label = self._fill(c, new_values)
+        return (new_parts, new_values, new_label) if new_label is not None else (parts, values, label)
 
     @staticmethod
     def _join(parts: list[Any], values: tuple, slots: tuple) -> str:
@@ -326,6 +388,8 @@ class OfflineTeacher:
                     if len(pairs) >= quota:
                         break
                     parts = c.parts if r == 0 else self._vary(c.parts, rng)
+                    if r and c.slots and rng.random() < SLOT_TYPO + SHOUT:
+                        parts, values, label = self._reshape(c, parts, values, label, rng)
                     text = self._join(parts, values, c.slots)
                     key_text = normalize(text)
                     if not key_text or key_text in taken:
@@ -374,7 +438,9 @@ class OfflineTeacher:
                 f"({n_slots} carrier templates plus {n_spliced} spliced from two examples of a group, with slots "
                 f"filled by values from examples with the same other fields or by invented words, in "
                 f"{len(self.groups)} groups) plus surface variants (casing, fillers, punctuation, typos). "
-                "Pairs with invented slot words read as nonsense on purpose: they teach copying the slot. "
+                "Pairs with invented slot words read as nonsense on purpose: they teach copying the slot. Slots are "
+                "also filled with everyday-word phrases, and variants add politeness, lead-in clauses, emoji, "
+                "all capitals and typos inside slots (copied to the label). "
                 "Labels are as right as the examples; phrasing variety is limited to the examples' own carriers. "
                 "Set OPENAI_API_KEY or OPENAI_BASE_URL for an LLM teacher.")
         if self.shortfall:

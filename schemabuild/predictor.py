@@ -102,7 +102,8 @@ class Predictor:
             from schemabuild.task import TaskError
 
             raise TaskError(f"base model {base_dir_or_id}: cannot load its tokenizer ({str(exc).splitlines()[0]})") from None
-        contract = build_contract(task, tokenizer, base_model=str(base_dir_or_id), adapter=False)
+        # The un-tuned base never saw the student prompt: it gets the full instructions (the "before" of before/after).
+        contract = build_contract(task, tokenizer, base_model=str(base_dir_or_id), prompt="full", adapter=False)
         model = _load_causal_lm(base_dir_or_id, device)
         model.to(device).eval()
         return cls(task, model, tokenizer, contract, device=device)
@@ -130,10 +131,10 @@ class Predictor:
     def request(self, text: str, max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
                 seed: int | None = None):
         """The decode Request for one input text."""
-        from schemabuild.contract import encode_prompt
+        from schemabuild.contract import encode_prompt, system_prompt
         from schemabuild.decode import Request
 
-        ids = encode_prompt(self._tokenizer, self._task.instructions, text)
+        ids = encode_prompt(self._tokenizer, system_prompt(self._task, self._contract), text)
         return Request(prompt_ids=ids, schema=self.schema, max_tokens=max_tokens, temperature=temperature,
                        top_p=top_p, seed=seed)
 

@@ -74,7 +74,8 @@ def focus_task(task, spots: list[WeakSpot]):
             keep.append(ex)
     hints = {**task.hints, FOCUS_HINT: [s.describe() for s in spots]}
     return Task(name=task.name, instructions=task.instructions, output=task.output, examples=keep or task.examples,
-                hints=hints, validators=task.validators, fields=task.fields, source=task.source)
+                hints=hints, validators=task.validators, fields=task.fields, source=task.source,
+                student_prompt=task.student_prompt)
 
 
 def _rows_key(rows) -> set[str]:

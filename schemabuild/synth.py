@@ -21,6 +21,7 @@ import random
 import sys
 from pathlib import Path
 
+from schemabuild.checks import overlap_report
 from schemabuild.config import ConfigError
 
 MAX_ROUNDS = 5
@@ -121,6 +122,24 @@ def gold_inputs(task, cfg: SynthConfig) -> tuple[list[str] | None, Path | None]:
     from schemabuild.task import load_jsonl_examples
 
     return [ex.input for ex in load_jsonl_examples(task, path)], path
+
+
+def gold_overlap(task, train_inputs: list[str], gold_path: Path | None) -> dict:
+    """`checks.overlap_report` of the training inputs against the gold set and any dev sets (evals/*/<task>.jsonl)."""
+    from schemabuild.task import TaskError, load_jsonl_examples
+
+    paths = [gold_path] if gold_path else []
+    default = default_eval_file(task)
+    if default is not None and default.parent.is_dir():
+        paths += sorted(default.parent.glob(f"*/{task.name}.jsonl"))
+    out = {}
+    for path in paths:
+        try:
+            gold = [ex.input for ex in load_jsonl_examples(task, path)]
+        except (TaskError, OSError, UnicodeDecodeError):
+            continue  # a broken dev set is reported by `schemabuild eval`, not here
+        out[str(path)] = overlap_report(train_inputs, gold)
+    return out
 
 
 def read_log_inputs(path: str | os.PathLike) -> list[str]:
@@ -416,6 +435,7 @@ def synthesize(task, cfg: SynthConfig, runs_dir=None) -> Path:
         "settings": data_settings(task, cfg, teacher.name),
         "seeds": {"generate": [cfg.seed + r for r in range(MAX_ROUNDS)], "split": cfg.seed},
         "gold_file": str(gold_path) if gold_path else None,
+        "gold_overlap": gold_overlap(task, [r.input for r in train], gold_path),
         "config": resolved(cfg),
         "versions": _versions(),
     }

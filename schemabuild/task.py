@@ -51,7 +51,7 @@ class Task:
     name: str
     """Lowercase letters, digits and underscores; also the model name the server answers to."""
     instructions: str
-    """The system prompt the model is trained and served with."""
+    """What the task is, for the teacher (and un-tuned bases): tools, labels, rules, the output's meaning."""
     output: type[BaseModel]
     """The Pydantic model every output must validate against."""
     examples: list[Example]
@@ -64,6 +64,9 @@ class Task:
     """Per-field evaluation overrides keyed by dotted path (`items[].unit_price`)."""
     source: Path | None = None
     """The file the task was loaded from (set by `load_task`)."""
+    student_prompt: str | None = None
+    """The short system line the fine-tuned model is trained and served with [default: "Task: <name>. Reply with
+    the JSON only."]. The model learns the task from the data, so it does not need the instructions every time."""
 
     def __post_init__(self) -> None:
         where = f"task {self.name!r}"
@@ -75,6 +78,8 @@ class Task:
             raise TaskError(f"{where}: instructions must be a non-empty string")
         if not self.examples:
             raise TaskError(f"{where}: give at least one Example")
+        if self.student_prompt is not None and (not isinstance(self.student_prompt, str) or not self.student_prompt.strip()):
+            raise TaskError(f"{where}: student_prompt must be a non-empty string (or left out)")
         for key, values in self.hints.items():
             if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values):
                 raise TaskError(f"{where}: hints[{key!r}] must be a list of strings")

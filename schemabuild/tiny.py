@@ -89,11 +89,15 @@ def build_tiny(task, out_dir: str | Path, extra_texts: Iterable[str] = (), confi
 
     config = config or TinyConfig()
     tokenizer = train_tokenizer(task_texts(task, extra_texts), config.vocab_size)
-    # The instructions open every prompt unchanged; as one token they cost one position instead of ~200,
+    # The student prompt (and, for `--compare base`, the instructions) open every prompt unchanged; as one token
+    # each they cost one position instead of ~10-200,
     # which makes the tiny model's training ~5x cheaper. Any other text still tokenizes byte-level BPE.
     from tokenizers import AddedToken
 
-    tokenizer.add_tokens([AddedToken(task.instructions, normalized=False, special=False)])
+    from schemabuild.contract import student_prompt
+
+    tokenizer.add_tokens([AddedToken(text, normalized=False, special=False)
+                          for text in (student_prompt(task), task.instructions)])
     torch.manual_seed(config.seed)
     model_config = LlamaConfig(
         vocab_size=len(tokenizer),

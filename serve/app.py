@@ -665,10 +665,10 @@ def create_app(models: list, cfg: ServeConfig | None = None):
         s = lookup(task, "task")
         body = await read(request, PredictRequest)
         opts = sampling(s, body, body.max_tokens)
-        from schemabuild.contract import encode_prompt
+        from schemabuild.contract import encode_prompt, system_prompt
 
         start = time.perf_counter()
-        prompt_ids = encode_prompt(s.tokenizer, s.task.instructions, body.input)
+        prompt_ids = encode_prompt(s.tokenizer, system_prompt(s.task, s.contract), body.input)
         result = await generate(s, prompt_ids, s.schema, opts, "input")
         latency_ms = (time.perf_counter() - start) * 1000
         output = _task_output(s, result, opts["max_tokens"])
@@ -759,10 +759,11 @@ def _requested_schema(s: Served, fmt: ResponseFormat | None) -> dict | None:
 def _chat_prompt_ids(s: Served, messages: list[ChatMessage]) -> list[int]:
     """Prompt ids for chat messages, through the same chat template and tokenization as the contract.
 
-    System (or developer) messages replace the task instructions; without one the task's instructions are the
-    system message. A lone user message gives exactly `contract.encode_prompt` (byte-identical to training).
+    Without a system (or developer) message, or with one that repeats the task's instructions or student prompt,
+    the model's own system prompt (from its contract) is used; another system message replaces it. A lone user
+    message then gives exactly `contract.encode_prompt` (byte-identical to training).
     """
-    from schemabuild.contract import encode_prompt
+    from schemabuild.contract import encode_prompt, student_prompt, system_prompt
 
     system = [m.text() for m in messages if m.role in ("system", "developer")]
     turns = [m for m in messages if m.role not in ("system", "developer")]
@@ -772,7 +773,9 @@ def _chat_prompt_ids(s: Served, messages: list[ChatMessage]) -> list[int]:
         if m.role == "user" and not m.text().strip():
             raise APIError(400, f"messages[{i}].content: a user message must not be empty",
                            param=f"messages[{i}].content", code="invalid_value")
-    instructions = "\n\n".join(system) if system else s.task.instructions
+    given = "\n\n".join(system).strip()
+    own = system_prompt(s.task, s.contract)
+    instructions = own if not given or given in (s.task.instructions.strip(), student_prompt(s.task)) else given
     if len(turns) == 1:
         return encode_prompt(s.tokenizer, instructions, turns[0].text())
     convo = [{"role": "system", "content": instructions}] + [{"role": m.role, "content": m.text()} for m in turns]

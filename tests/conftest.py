@@ -15,6 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Converted registry bases (SmolLM2, ~540 MB) are cached once per checkout, never in the user's own cache.
+os.environ.setdefault("SCHEMABUILD_CACHE", str(ROOT / ".schemabuild" / "cache"))
 
 
 def pytest_collection_modifyitems(config, items):

