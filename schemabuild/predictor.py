@@ -67,7 +67,7 @@ class Predictor:
 
     @classmethod
     def from_model_dir(cls, task, model_dir, device=None) -> "Predictor":
-        """Load `model_dir` (full weights or a PEFT adapter) after checking its contract against `task`."""
+        """Load `model_dir` (full weights or a PEFT adapter, merged for inference) after checking its contract."""
         model_dir = Path(model_dir)
         contract, tokenizer = load_checked(task, model_dir)
         device = resolve_device(device)
@@ -78,7 +78,7 @@ class Predictor:
             model = PeftModel.from_pretrained(_load_causal_lm(base, device), str(model_dir))
         else:
             model = _load_causal_lm(model_dir, device)
-        model.to(device).eval()
+        model = inference_model(model, device)
         return cls(task, model, tokenizer, contract, device=device)
 
     @classmethod
@@ -205,6 +205,18 @@ def load_checked(task, model_dir: Path):
     return contract, tokenizer
 
 
+def inference_model(model, device: str):
+    """The model in its serving form: a lone PEFT adapter merged into its base, eval mode, on `device`.
+
+    Merged, a step runs the base's matmuls only (no extra LoRA pair per linear layer). Dynamic int8 quantization
+    of the linear layers was tried and dropped: it cut gold tool accuracy from 1.00 to 0.29-0.33 on the
+    LoRA-tuned SmolLM2-135M (per-tensor and per-channel alike; BENCHMARKS.md).
+    """
+    if hasattr(model, "merge_and_unload") and len(getattr(model, "peft_config", {}) or {}) == 1:
+        model = model.merge_and_unload()
+    return model.to(device).eval()
+
+
 def _load_causal_lm(path_or_id, device: str):
     """A causal LM from safetensors only, no remote code; bf16 on GPU, fp32 on CPU."""
     import torch
@@ -223,17 +235,30 @@ def _load_causal_lm(path_or_id, device: str):
 
 
 def _adapter_base(model_dir: Path, contract: dict) -> str:
-    """The base an adapter was trained on: adapter_config's local path when it exists, else contract["base_model"]."""
+    """The base an adapter was trained on, checked against the hash its contract recorded.
+
+    In order: adapter_config's local path when it exists, the contract's `base_path`, the registry base named by
+    `base_model` (fetched and converted again when the cache was cleared), else `base_model` as a hub id or path.
+    """
+    from schemabuild.bases import REGISTRY_BASES, base_info, registry_base
     from schemabuild.contract import ContractError
 
+    named = None
     cfg = model_dir / "adapter_config.json"
     if cfg.is_file():
         named = json.loads(cfg.read_text()).get("base_model_name_or_path")
-        if named and (Path(named).is_dir() or not Path(contract.get("base_model", "")).is_dir()):
-            return named
-    base = contract.get("base_model")
+    name = contract.get("base_model")
+    candidates = [named, contract.get("base_path")]
+    base = next((c for c in candidates if c and Path(c).is_dir()), None)
+    if base is None and name in REGISTRY_BASES:
+        base = str(registry_base(name))
+    base = base or named or name
     if not base:
         raise ContractError(f"{model_dir}: an adapter whose base model is not named (contract.json base_model)")
+    want, info = contract.get("base_sha256"), base_info(base) if Path(base).is_dir() else None
+    if want and info and info.get("weights_sha256") and info["weights_sha256"] != want:
+        raise ContractError(f"{model_dir}: the adapter was trained on base weights {want[:12]}, but {base} holds "
+                            f"{info['weights_sha256'][:12]}; retrain, or restore the base it was trained on")
     return base
 
 
