@@ -175,7 +175,7 @@ def _eval_config():
 
 
 def _serve_config():
-    from serve.app import ServeConfig
+    from serve.config import ServeConfig
 
     return ServeConfig
 

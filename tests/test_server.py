@@ -78,7 +78,8 @@ def test_chat_completion_is_a_proper_chat_completion_object(server, quick):
 
 def test_chat_prompts_are_the_contract_prompts(server, quick):
     from schemabuild.contract import encode_prompt
-    from serve.app import ChatMessage, _chat_prompt_ids
+    from serve.protocol import ChatMessage
+    from serve.serving import chat_prompt_ids as _chat_prompt_ids
 
     [s] = server.served
     tok = s.tokenizer
