@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +20,7 @@ RUNS_DIR = click.option("--runs-dir", type=click.Path(path_type=Path), default=N
 
 
 def user_errors(fn):
-    """Show user mistakes as one line (no traceback) and exit non-zero."""
+    """Show user mistakes as one line (no traceback) and exit non-zero; `--debug` / SCHEMABUILD_DEBUG=1 re-raise."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -27,9 +29,68 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except (TaskError, ConfigError, ContractError) as exc:
+            if _debug():
+                raise
             raise click.ClickException(str(exc)) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            if _debug() or not _user_caused(exc):
+                raise
+            raise click.ClickException(os_error_line(exc)) from None
 
     return wrapper
+
+
+def _debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    flag = bool(ctx and ctx.find_root().params.get("debug"))
+    return flag or os.environ.get("SCHEMABUILD_DEBUG", "") not in ("", "0")
+
+
+# What the user can fix: the file system said no, or a file is not text. Anything else keeps its traceback.
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOSPC, errno.EDQUOT,
+                errno.ENOENT, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP}
+_ADVICE = {errno.EACCES: "check its permissions or choose another path",
+           errno.EPERM: "check its permissions or choose another path",
+           errno.EROFS: "the file system is read-only; choose a writable path (e.g. --runs-dir)",
+           errno.ENOTDIR: "a part of this path is a file, not a folder; choose another path",
+           errno.EISDIR: "this is a folder, a file was expected",
+           errno.ENOSPC: "the disk is full; free space or choose another path",
+           errno.EDQUOT: "the disk quota is exceeded; free space or choose another path",
+           errno.ENOENT: "it does not exist",
+           errno.EEXIST: "it already exists",
+           errno.ENAMETOOLONG: "the path is too long",
+           errno.ELOOP: "too many symbolic links"}
+
+
+def _user_caused(exc: BaseException) -> bool:
+    return isinstance(exc, UnicodeDecodeError) or getattr(exc, "errno", None) in _USER_ERRNOS
+
+
+def _file_being_read(exc: BaseException) -> str | None:
+    """The file a UnicodeDecodeError came from: the innermost frame reading a Path or an open file."""
+    import pathlib
+    import traceback
+
+    for frame, _ in reversed(list(traceback.walk_tb(exc.__traceback__))):
+        for name in ("f", "file", "self", "path"):
+            value = frame.f_locals.get(name)
+            if isinstance(value, pathlib.PurePath):
+                return str(value)
+            if name in ("f", "file") and isinstance(getattr(value, "name", None), str):
+                return value.name
+    return None
+
+
+def os_error_line(exc: BaseException) -> str:
+    """One line naming the path and what to do, for a user-caused OSError or UnicodeDecodeError."""
+    if isinstance(exc, UnicodeDecodeError):
+        where = _file_being_read(exc)
+        return (f"{where or 'a file'}: not UTF-8 text (byte {exc.start}); "
+                "give a UTF-8 text file (is it binary?)")
+    path = exc.filename if exc.filename is not None else "a path"
+    reason = exc.strerror or type(exc).__name__
+    advice = _ADVICE.get(exc.errno, "")
+    return f"{path}: {reason}" + (f"; {advice}" if advice else "")
 
 
 def make_config(cls, ctx: click.Context, options: dict, config_file: Path | None):
@@ -53,7 +114,8 @@ def _load(name: str, tasks_dir):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="schemabuild")
-def main():
+@click.option("--debug", is_flag=True, help="Show full tracebacks (also SCHEMABUILD_DEBUG=1).")
+def main(debug):
     """Turn a Pydantic output schema plus a few examples into a small fine-tuned model served as a JSON API.
 
     \b
@@ -113,7 +175,7 @@ def _eval_config():
 
 
 def _serve_config():
-    from serve.app import ServeConfig
+    from serve.config import ServeConfig
 
     return ServeConfig
 

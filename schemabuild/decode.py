@@ -1,5 +1,5 @@
 """Constrained decoding: our own KV-cached decode loop over a transformers model, with xgrammar masks,
-jump-forward and batching, plus the `Engine` that batches concurrent server requests.
+jump-forward and batching (the server's request batcher, `serve.engine.Engine`, drives it).
 
     decoder = Decoder(model, tokenizer, stop_ids=contract["stop_ids"])
     [result] = decoder.generate([Request(prompt_ids, grammar_schema(task.output))])
@@ -11,23 +11,23 @@ and explicit position ids, so rows of different lengths share the pass. Finished
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
 import hashlib
 import json
-import queue
+import math
 import threading
-import time
 from typing import Any
+
+# Jump-forward takes at most this much forced text per step; the rest is forced again on the next step.
+MAX_JUMP_BYTES = 256
+MAX_JUMP_TOKENS = 64
+# Below this, logits / temperature overflow float32 (1e-320 → inf → NaN probabilities).
+MIN_TEMPERATURE = 1e-3
 
 
 class GrammarError(ValueError):
     """The schema cannot be compiled (invalid or unsupported); the server answers 400."""
-
-
-class QueueFull(Exception):
-    """The engine's queue is full; the server answers 429."""
 
 
 @dataclasses.dataclass
@@ -50,6 +50,8 @@ class Request:
     """PEFT adapter name on a shared base; None = the model as loaded."""
     constrained: bool = True
     """False = no grammar at all (benchmarks and debugging only; `schema` is ignored)."""
+    grammar: Any = None
+    """An xgrammar CompiledGrammar already compiled for `schema` (the server compiles off the decode thread)."""
 
 
 @dataclasses.dataclass
@@ -142,6 +144,14 @@ def grammar_cache_size() -> int:
     return len(_GRAMMARS)
 
 
+def _clip_utf8(text: str, limit: int) -> str:
+    """The longest prefix of `text` whose UTF-8 encoding fits in `limit` bytes."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", "ignore")
+
+
 # ---- the decode loop -------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -191,7 +201,7 @@ class Decoder:
         import torch
 
         for r in requests:
-            self._check(r)
+            self.check(r)
         results: list[Result | None] = [None] * len(requests)
         groups: dict[str | None, list[int]] = {}
         for i, r in enumerate(requests):
@@ -207,25 +217,28 @@ class Decoder:
         """Compile (or fetch from the cache) the grammar for `schema`; GrammarError when it cannot."""
         return compile_grammar(self.tokenizer_info, schema)
 
-    # -- setup --
-
-    def _check(self, r: Request) -> None:
+    def check(self, r: Request) -> None:
+        """Raise ValueError (GrammarError for the schema) when `r` cannot be decoded; compiles unless r.grammar is set."""
         if not r.prompt_ids:
             raise ValueError("prompt_ids is empty")
         if min(r.prompt_ids) < 0 or max(r.prompt_ids) >= self.vocab_size:
             raise ValueError(f"prompt_ids: token ids must be in [0, {self.vocab_size})")
         if r.max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
-        if r.temperature < 0:
-            raise ValueError("temperature must be >= 0")
+        if not (math.isfinite(r.temperature) and r.temperature >= 0):
+            raise ValueError("temperature must be a finite number >= 0")
+        if 0 < r.temperature < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}")
         if not 0 < r.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
         if r.adapter is not None:
             names = set(getattr(self.model, "peft_config", {}) or {})
             if r.adapter not in names:
                 raise ValueError(f"unknown adapter {r.adapter!r} (loaded: {', '.join(sorted(names)) or 'none'})")
-        if r.constrained:
+        if r.constrained and r.grammar is None:
             self.compile(r.schema)
+
+    # -- setup --
 
     def _use_adapter(self, adapter: str | None) -> None:
         name = adapter if adapter is not None else self.default_adapter
@@ -236,7 +249,8 @@ class Decoder:
         import torch
         import xgrammar as xgr
 
-        matcher = xgr.GrammarMatcher(self.compile(r.schema)) if r.constrained else None
+        grammar = r.grammar if r.grammar is not None else (self.compile(r.schema) if r.constrained else None)
+        matcher = xgr.GrammarMatcher(grammar) if r.constrained else None
         gen = None
         if r.temperature > 0:
             gen = torch.Generator(device=self.device)
@@ -407,13 +421,15 @@ class Decoder:
         forced_text = row.matcher.find_jump_forward_string()
         if not forced_text:
             return []
+        forced_text = _clip_utf8(forced_text, MAX_JUMP_BYTES)
         so_far = self.tokenizer.decode(row.ids, skip_special_tokens=False)
         if "\ufffd" in so_far:  # a character split across tokens: no safe text boundary
             return []
         full = self.tokenizer(so_far + forced_text, add_special_tokens=False)["input_ids"]
         if full[: len(row.ids)] != row.ids or len(full) == len(row.ids):
             return []
-        forced = full[len(row.ids):]
+        forced = full[len(row.ids):][:MAX_JUMP_TOKENS]
+        clipped = len(forced) < len(full) - len(row.ids)
         accepted = 0
         for t in forced:
             if not row.matcher.accept_token(t):
@@ -423,7 +439,8 @@ class Decoder:
             if accepted:
                 row.matcher.rollback(accepted)
             return []
-        if not self._boundary_safe(so_far + forced_text, row.matcher, bitmask, b):
+        text = self.tokenizer.decode(row.ids + forced, skip_special_tokens=False) if clipped else so_far + forced_text
+        if not self._boundary_safe(text, row.matcher, bitmask, b):
             row.matcher.rollback(1)
             forced = forced[:-1]
         return forced
@@ -490,135 +507,3 @@ class Decoder:
             prompt_tokens=len(row.req.prompt_ids),
             completion_tokens=len(row.ids),
         )
-
-
-# ---- dynamic batching for the server ---------------------------------------------------------------
-
-@dataclasses.dataclass
-class _Job:
-    req: Request
-    future: Any
-    loop: Any
-
-
-class Engine:
-    """Dynamic batching: a worker thread gathers requests for `window_ms` (up to `max_batch`) and decodes
-    them together, one `Decoder.generate` per adapter group; each caller awaits its own result."""
-
-    def __init__(self, decoder: Decoder, max_batch: int = 32, window_ms: float = 3.0, max_queue: int = 256):
-        self.decoder = decoder
-        self.max_batch = max_batch
-        self.window_ms = window_ms
-        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
-        self._thread: threading.Thread | None = None
-        self._stats = {"requests": 0, "batches": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                       "forward_passes": 0, "batch_sizes": collections.Counter(), "busy_s": 0.0}
-        self._stats_lock = threading.Lock()
-
-    def start(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._work, name="schemabuild-engine", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Finish the queued work, then end the worker thread."""
-        if self._thread is not None and self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join(timeout)
-        self._thread = None
-
-    async def submit(self, req: Request) -> Result:
-        """Queue `req` and wait for its result; QueueFull when the queue is full, GrammarError/ValueError for a bad request."""
-        if self._thread is None or not self._thread.is_alive():
-            self.start()
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        try:
-            self._queue.put_nowait(_Job(req, fut, loop))
-        except queue.Full:
-            raise QueueFull(f"the request queue is full ({self._queue.maxsize} waiting)") from None
-        return await fut
-
-    def stats(self) -> dict:
-        with self._stats_lock:
-            s = dict(self._stats)
-            s["batch_sizes"] = dict(sorted(self._stats["batch_sizes"].items()))
-        s["queue_depth"] = self._queue.qsize()
-        s["running"] = self._thread is not None and self._thread.is_alive()
-        s["grammars_cached"] = grammar_cache_size()
-        return s
-
-    def _work(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            jobs, stopping = [job], False
-            deadline = time.monotonic() + self.window_ms / 1000
-            while len(jobs) < self.max_batch:
-                left = deadline - time.monotonic()
-                try:
-                    nxt = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                jobs.append(nxt)
-            self._run(jobs)
-            if stopping:
-                return
-
-    def _run(self, jobs: list[_Job]) -> None:
-        # Bad requests (schema, parameters) fail alone before the batch is formed.
-        good = []
-        for job in jobs:
-            try:
-                self.decoder._check(job.req)
-                good.append(job)
-            except Exception as exc:  # noqa: BLE001 - handed to that caller only
-                self._settle(job, error=exc)
-        if not good:
-            return
-        t0 = time.perf_counter()
-        try:
-            results = self.decoder.generate([j.req for j in good])
-        except Exception:  # noqa: BLE001 - isolate the request that breaks the batch
-            results = None
-        if results is None:
-            for job in good:
-                try:
-                    [res] = self.decoder.generate([job.req])
-                    self._settle(job, result=res)
-                except Exception as exc:  # noqa: BLE001
-                    self._settle(job, error=exc)
-        else:
-            for job, res in zip(good, results):
-                self._settle(job, result=res)
-        with self._stats_lock:
-            self._stats["batches"] += 1
-            self._stats["batch_sizes"][len(good)] += 1
-            self._stats["busy_s"] += time.perf_counter() - t0
-
-    def _settle(self, job: _Job, result: Result | None = None, error: Exception | None = None) -> None:
-        with self._stats_lock:
-            self._stats["requests"] += 1
-            if error is not None:
-                self._stats["errors"] += 1
-            else:
-                self._stats["prompt_tokens"] += result.prompt_tokens
-                self._stats["completion_tokens"] += result.completion_tokens
-                self._stats["forward_passes"] += result.forward_passes
-
-        def resolve() -> None:
-            if job.future.done():  # the caller went away
-                return
-            if error is not None:
-                job.future.set_exception(error)
-            else:
-                job.future.set_result(result)
-
-        try:
-            job.loop.call_soon_threadsafe(resolve)
-        except RuntimeError:  # the caller's loop is closed
-            pass

@@ -183,6 +183,8 @@ class OfflineTeacher:
         self.spliced = {key: self._splices(members) for key, members in self.groups.items()}
         self.invented: set[str] = set()
         """Slot values this teacher made up (the rest come from the examples and hints)."""
+        self.reshaped: set[str] = set()
+        """Slot values shouted or given a typo by a variant (the label copies them)."""
         self.labels: dict[str, str] = {}
         self.shortfall: str | None = None
 
@@ -342,7 +344,10 @@ class OfflineTeacher:
             typo = w[:j] + w[j + 1:] if rng.random() < 0.5 else w[:j] + w[j] + w[j:]
             new_values = values[:k] + (values[k][:m.start()] + typo + values[k][m.end():],) + values[k + 1:]
         new_label = self._fill(c, new_values)
-        return (new_parts, new_values, new_label) if new_label is not None else (parts, values, label)
+        if new_label is None:
+            return parts, values, label
+        self.reshaped.update(new_values)
+        return new_parts, new_values, new_label
 
     @staticmethod
     def _join(parts: list[Any], values: tuple, slots: tuple) -> str:

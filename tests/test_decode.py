@@ -274,7 +274,8 @@ def test_jump_forward_equals_plain_greedy_on_gold_set(trained_run, tool_picker):
 # ---- the Engine ------------------------------------------------------------------------------------
 
 def test_engine_batches_concurrent_requests(decoder, tiny, tool_picker):
-    from schemabuild.decode import Engine, GrammarError, Request
+    from schemabuild.decode import GrammarError, Request
+    from serve.engine import Engine
 
     _, tok, _ = tiny
     schema = grammar_schema(tool_picker.output)
@@ -309,7 +310,8 @@ def test_engine_batches_concurrent_requests(decoder, tiny, tool_picker):
 def test_engine_queue_full(decoder, tiny, tool_picker):
     import threading
 
-    from schemabuild.decode import Engine, QueueFull, Request
+    from schemabuild.decode import Request
+    from serve.engine import Engine, QueueFull
 
     _, tok, _ = tiny
     [p] = prompts(tok, tool_picker, TEXTS[:1])

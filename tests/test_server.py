@@ -77,13 +77,19 @@ def test_chat_completion_is_a_proper_chat_completion_object(server, quick):
 
 
 def test_chat_prompts_are_the_contract_prompts(server, quick):
-    from schemabuild.contract import encode_prompt
-    from serve.app import ChatMessage, _chat_prompt_ids
+    from schemabuild.contract import encode_prompt, system_prompt
+    from serve.protocol import ChatMessage
+    from serve.serving import chat_prompt_ids as _chat_prompt_ids
 
     [s] = server.served
     tok = s.tokenizer
     lone = _chat_prompt_ids(s, [ChatMessage(role="user", content="play jazz")])
-    assert lone == encode_prompt(tok, quick.task.instructions, "play jazz")
+    own = system_prompt(quick.task, s.contract)  # the model's student prompt, as trained
+    assert s.contract["prompt"] == "student" and own != quick.task.instructions
+    assert lone == encode_prompt(tok, own, "play jazz")
+    as_told = _chat_prompt_ids(s, [ChatMessage(role="system", content=quick.task.instructions),
+                                   ChatMessage(role="user", content="play jazz")])
+    assert as_told == lone  # a client sending the task's full instructions gets the trained prompt
     parts = _chat_prompt_ids(s, [ChatMessage.model_validate(
         {"role": "user", "content": [{"type": "text", "text": "play "}, {"type": "text", "text": "jazz"}]})])
     assert parts == lone
@@ -93,7 +99,7 @@ def test_chat_prompts_are_the_contract_prompts(server, quick):
     turns = _chat_prompt_ids(s, [ChatMessage(role="user", content="hi"), ChatMessage(role="assistant", content="{}"),
                                  ChatMessage(role="user", content="play jazz")])
     text = tok.decode(turns)
-    assert text.startswith(tok.decode(encode_prompt(tok, quick.task.instructions, "hi"))[: -len("<|im_start|>assistant\n")])
+    assert text.startswith(tok.decode(encode_prompt(tok, own, "hi"))[: -len("<|im_start|>assistant\n")])
     assert text.endswith("play jazz<|im_end|>\n<|im_start|>assistant\n")
 
 

@@ -83,7 +83,7 @@ CASES = [
         {"type": "object", "required": "tool"})), 400, "invalid_schema", "response_format.json_schema.schema"),
     ("json-schema-dangling-ref", "POST", CHAT, chat(response_format=schema_format(
         {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}})), 400, "invalid_schema",
-     "response_format"),
+     "response_format.json_schema.schema"),
     ("json-schema-nested-too-deep", "POST", CHAT, None, 400, "invalid_schema", None),  # built below
     ("prompt-longer-than-context", "POST", PREDICT, {"input": "play jazz " * 3000}, 400, "context_length_exceeded",
      "input"),

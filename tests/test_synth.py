@@ -174,13 +174,13 @@ def test_bad_log_file_names_file_and_line(tmp_path):
 def test_init_then_synth_offline(tmp_path):
     tasks = tmp_path / "tasks"
     assert CliRunner().invoke(main, ["init", "mood", "--tasks-dir", str(tasks)]).exit_code == 0
-    result = CliRunner().invoke(main, ["synth", "mood", "--tasks-dir", str(tasks)])
+    result = CliRunner().invoke(main, ["synth", "mood", "--tasks-dir", str(tasks), "--n", "5000"])
     assert result.exit_code == 0, result.output
     run_dir = latest_run("mood")
     m = read_json(run_dir / "data" / "manifest.json")
-    assert m["complete"] is True and m["reached_n"] is False  # 3 examples cannot make 1000 pairs: it says so
+    assert m["complete"] is True and m["reached_n"] is False  # 3 examples cannot make 5000 pairs: it says so
     assert m["counts"]["kept"] == len(rows(run_dir, "train")) + len(rows(run_dir, "val")) > 3
-    assert "only" in result.output and "--n 1000" in result.output
+    assert "only" in result.output and "--n 5000" in result.output
     assert m["gold_file"] is None  # no evals/mood.jsonl: decontamination skipped, and said so
     assert "skipping decontamination" in result.output
 

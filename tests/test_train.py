@@ -201,13 +201,13 @@ def test_lora_adapter_written_for_vllm(lora_run, tiny_model_dir):
     assert (model_dir / "adapter_model.safetensors").is_file()
     assert not (model_dir / "model.safetensors").exists()
     adapter = json.loads((model_dir / "adapter_config.json").read_text())
-    assert adapter["r"] == 8 and adapter["r"] <= 64 and adapter["lora_alpha"] == 16
+    assert adapter["r"] == 16 and adapter["r"] <= 64 and adapter["lora_alpha"] == 32  # the defaults: r 16, alpha 2r
     assert not adapter.get("modules_to_save")
     assert set(adapter["target_modules"]) >= {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     contract = load_contract(model_dir)
     assert contract["adapter"] is True and contract["base_model"] == str(Path(tiny_model_dir).resolve())
     resolved = json.loads((lora_run / "train_config.json").read_text())
-    assert resolved["lr"] == 2e-4 and resolved["full_training"] is False
+    assert resolved["lr"] == 1e-3 and resolved["lora_r"] == 16 and resolved["full_training"] is False
 
 
 def test_export_merged_matches_the_adapter(lora_run, tool_picker, tmp_path):
@@ -233,7 +233,7 @@ def test_export_vllm_prints_the_launch_command(lora_run, tool_picker, tmp_path, 
     out = export_vllm(tool_picker, lora_run, tmp_path / "vllm")
     printed = capsys.readouterr().out
     assert (out / "adapter_model.safetensors").is_file()
-    assert f"--enable-lora --lora-modules tool_picker={out.resolve()} --max-lora-rank 8" in printed
+    assert f"--enable-lora --lora-modules tool_picker={out.resolve()} --max-lora-rank 16" in printed
     assert "json_schema" in printed
 
 
@@ -411,3 +411,20 @@ def test_gpu_qlora(tool_picker, tiny_model_dir, tmp_path):
     run_dir = write_offline_run(tool_picker, tmp_path / "runs", copies=1)
     train_run(tool_picker, run_dir, TrainConfig(base=str(tiny_model_dir), qlora=True, **{**QUICK, "device": "cuda"}))
     assert (run_dir / "model" / "adapter_model.safetensors").is_file()
+
+
+def test_lora_layers_adapts_only_the_top_layers(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from schemabuild.train import lora_config
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    n = model.config.num_hidden_layers
+    every = lora_config(model, TrainConfig(), 16, 32)
+    assert every.target_modules == "all-linear" or set(every.target_modules) >= {"q_proj", "down_proj"}
+    assert every.layers_to_transform is None
+    top = lora_config(model, TrainConfig(lora_layers=1), 16, 32)
+    assert top.layers_to_transform == [n - 1]
+    assert set(top.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    with pytest.raises(ConfigError, match=f"--lora-layers {n + 1}: the model has {n} layers"):
+        lora_config(model, TrainConfig(lora_layers=n + 1), 16, 32)

@@ -1,0 +1,61 @@
+"""Settings of `schemabuild serve`: one dataclass, each field a CLI flag."""
+
+import dataclasses
+import os
+
+from schemabuild.config import ConfigError
+
+
+@dataclasses.dataclass
+class ServeConfig:
+    """Settings of `schemabuild serve` (each field is a CLI flag)."""
+
+    host: str = "127.0.0.1"
+    """Address to bind (loopback by default; anything else exposes the API to the network)."""
+    port: int = 8000
+    """Port to listen on."""
+    run: str | None = None
+    """Run directory or run id to serve (only with one task) [default: each task's latest run]."""
+    api_key: str | None = None
+    """Require `Authorization: Bearer KEY` on every route but /healthz [default: $SCHEMABUILD_API_KEY]."""
+    max_body_bytes: int = 1_000_000
+    """Largest request body accepted (413 above)."""
+    max_tokens_cap: int = 1024
+    """Largest max_tokens a request may ask for (400 above)."""
+    default_max_tokens: int = 256
+    """max_tokens when a request gives none."""
+    request_timeout_s: float = 60.0
+    """Seconds a request may wait for its answer (504 after)."""
+    max_queue: int = 256
+    """Requests waiting for the decoder at most; more get 429 with Retry-After."""
+    max_batch: int = 32
+    """Requests decoded together at most."""
+    batch_window_ms: float = 3.0
+    """How long the batcher waits to fill a batch."""
+    device: str | None = None
+    """torch device [default: cuda when available, else cpu]."""
+    compile_timeout_s: float = 10.0
+    """Seconds a client schema's grammar may take to compile (400 invalid_schema after; the result is cached)."""
+    compile_memory_mb: int = 2048
+    """Memory a grammar compile may take, in a child process (400 invalid_schema above)."""
+
+    def __post_init__(self) -> None:
+        if self.api_key is None:
+            self.api_key = os.environ.get("SCHEMABUILD_API_KEY") or None
+        if self.api_key is not None and not self.api_key.strip():
+            raise ConfigError("--api-key: must not be empty")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port: {self.port} is not a port number (0-65535)")
+        for name in ("max_body_bytes", "max_tokens_cap", "default_max_tokens", "max_queue", "max_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1")
+        if self.default_max_tokens > self.max_tokens_cap:
+            raise ConfigError("--default-max-tokens: must not exceed --max-tokens-cap")
+        if self.compile_timeout_s <= 0:
+            raise ConfigError("--compile-timeout-s: must be positive")
+        if self.compile_memory_mb < 64:
+            raise ConfigError("--compile-memory-mb: must be at least 64")
+        if self.request_timeout_s <= 0:
+            raise ConfigError("--request-timeout-s: must be positive")
+        if self.batch_window_ms < 0:
+            raise ConfigError("--batch-window-ms: must not be negative")

@@ -1,0 +1,110 @@
+"""What is served: each task's model loaded (adapters on one base share it) and its contract checked."""
+
+import dataclasses
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from schemabuild.config import ConfigError
+from serve.config import ServeConfig
+
+
+@dataclasses.dataclass
+class Served:
+    """One task the server answers to: its tokenizer, the engine that decodes for it, and its adapter."""
+
+    task: Any
+    """The schemabuild Task."""
+    tokenizer: Any
+    decoder: Any
+    """The decoder this task's requests run on (shared by the adapters of one base model)."""
+    adapter: str | None = None
+    """The PEFT adapter name chosen per request; None for a full-weight model."""
+    contract: dict = dataclasses.field(default_factory=dict)
+    predictor: Any = None
+    """A schemabuild Predictor for this task, used to turn results into predictions (confidence)."""
+    engine: Any = None
+    """The batching Engine (set by create_app; one per decoder)."""
+    schema: dict = dataclasses.field(default_factory=dict)
+    """The task's grammar schema (contract.grammar_schema(task.output))."""
+    context: int | None = None
+    """The model's context length in tokens, when known."""
+
+
+def _model_dir_for(task, cfg: ServeConfig, runs_dir) -> Path:
+    from schemabuild.runs import resolve_run
+
+    run = resolve_run(task.name, cfg.run, runs_dir, need="model")
+    return run / "model"
+
+
+def load_models(tasks: list, cfg: ServeConfig, runs_dir=None, model_dirs: list | None = None) -> list[Served]:
+    """Load each task's model (from `model_dirs` or its run), check its contract, share bases among adapters.
+
+    Every contract is checked before any weights load. PEFT adapters on the same base (with the same
+    tokenizer) are loaded onto one copy of it as named adapters; an adapter alone on its base is merged into it
+    (no LoRA matmuls per step); full-weight models load on their own.
+    """
+    from schemabuild.decode import Decoder
+    from schemabuild.predictor import Predictor, _adapter_base, _load_causal_lm, load_checked, resolve_device
+
+    names = [t.name for t in tasks]
+    if cfg.run and len(tasks) > 1 and model_dirs is None:
+        raise ConfigError("--run: only valid when serving one task (each task serves its latest run)")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"TASKS: each task may be served once, got {names}")
+    device = resolve_device(cfg.device)
+    dirs = [Path(d) for d in model_dirs] if model_dirs else [_model_dir_for(t, cfg, runs_dir) for t in tasks]
+
+    full, adapters = [], defaultdict(list)  # adapters: (base, tokenizer identity) -> [(task, dir, tok, contract)]
+    for task, model_dir in zip(tasks, dirs):
+        contract, tokenizer = load_checked(task, model_dir)
+        if contract.get("adapter") or (model_dir / "adapter_config.json").is_file():
+            vocab = hash(json.dumps(sorted(tokenizer.get_vocab().items())))
+            key = (_adapter_base(model_dir, contract), contract.get("chat_template_hash"), vocab)
+            adapters[key].append((task, model_dir, tokenizer, contract))
+        else:
+            full.append((task, model_dir))
+
+    for key in [k for k, members in adapters.items() if len(members) == 1]:  # alone on its base: served merged
+        task, model_dir, *_ = adapters.pop(key)[0]
+        full.append((task, model_dir))
+    served: dict[str, Served] = {}
+    for task, model_dir in full:
+        served[task.name] = _as_served(Predictor.from_model_dir(task, model_dir, device=device))
+    for (base, *_), members in adapters.items():
+        from peft import PeftModel
+
+        (task, model_dir, tokenizer, contract), rest = members[0], members[1:]
+        model = PeftModel.from_pretrained(_load_causal_lm(base, device), str(model_dir), adapter_name=task.name)
+        for other, other_dir, *_ in rest:
+            model.load_adapter(str(other_dir), adapter_name=other.name)
+        model.to(device).eval()
+        decoder = Decoder(model, tokenizer, stop_ids=list(contract["stop_ids"]), device=device)
+        for task, model_dir, tok, contract in members:
+            s = _as_served(Served(task=task, tokenizer=tok, decoder=decoder, adapter=task.name, contract=contract))
+            decoder.compile(s.schema)  # pay the grammar compile at startup
+            served[task.name] = s
+    return [served[n] for n in names]
+
+
+def _as_served(item) -> Served:
+    """A Served from a Served or a schemabuild Predictor."""
+    from schemabuild.contract import grammar_schema
+
+    if isinstance(item, Served):
+        if not item.schema:
+            item.schema = grammar_schema(item.task.output)
+        if item.context is None:
+            item.context = _context_length(item.decoder)
+        return item
+    return Served(task=item.task, tokenizer=item.tokenizer, decoder=item.decoder, adapter=None,
+                  contract=dict(item.contract or {}), predictor=item, schema=grammar_schema(item.task.output),
+                  context=_context_length(item.decoder))
+
+
+def _context_length(decoder) -> int | None:
+    """The model's context window in tokens, when its config says."""
+    config = getattr(getattr(decoder, "model", None), "config", None)
+    return getattr(config, "max_position_embeddings", None)

@@ -1,0 +1,132 @@
+"""The HTTP routes, at module level: each reads what is served from `request.app.state` (set by create_app)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel
+
+from serve.errors import APIError
+from serve.models import Served
+from serve.protocol import ChatRequest, PredictRequest, _parse_body
+from serve.serving import (chat_prompt_ids, check_output, confidence, generate, logprobs, requested_schema,
+                           sampling, sse, task_output, usage)
+
+STATIC = Path(__file__).parent / "static"
+
+router = APIRouter()
+
+
+def lookup(request: Request, name: str, param: str) -> Served:
+    served = request.app.state.served
+    s = served.get(name)
+    if s is None:
+        raise APIError(404, f"the {param} {name!r} does not exist; this server serves: {', '.join(sorted(served))}",
+                       type="invalid_request_error", param=param, code="model_not_found")
+    return s
+
+
+async def read(request: Request, model: type[BaseModel]):
+    return _parse_body(await request.body(), model)
+
+
+def model_card(request: Request, name: str) -> dict:
+    s = request.app.state.served[name]
+    return {"id": name, "object": "model", "created": request.app.state.created, "owned_by": "schemabuild",
+            "base_model": s.contract.get("base_model"), "adapter": s.adapter is not None,
+            "schema": s.task.output.model_json_schema()}
+
+
+@router.get("/", include_in_schema=False)
+async def playground():
+    # The page itself holds no data and is public; every call it makes sends the key the user types in.
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+@router.get("/healthz")
+async def healthz(request: Request):
+    return {"status": "ok", "models": sorted(request.app.state.served)}
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics_route(request: Request):
+    state = request.app.state
+    return PlainTextResponse(state.metrics.render(state.engines), media_type="text/plain; version=0.0.4")
+
+
+@router.get("/v1/models")
+async def list_models(request: Request):
+    return {"object": "list", "data": [model_card(request, n) for n in sorted(request.app.state.served)]}
+
+
+@router.get("/v1/models/{model}")
+async def get_model(model: str, request: Request):
+    lookup(request, model, "model")
+    return model_card(request, model)
+
+
+@router.post("/v1/tasks/{task}/predict")
+async def predict(task: str, request: Request):
+    from schemabuild.contract import encode_prompt, system_prompt
+
+    state = request.app.state
+    s = lookup(request, task, "task")
+    body = await read(request, PredictRequest)
+    opts = sampling(state.cfg, body, body.max_tokens)
+    start = time.perf_counter()
+    prompt_ids = encode_prompt(s.tokenizer, system_prompt(s.task, s.contract), body.input)
+    result = await generate(state.cfg, state.metrics, s, prompt_ids, s.schema, opts, "input")
+    latency_ms = (time.perf_counter() - start) * 1000
+    output = task_output(s, result, opts["max_tokens"])
+    return {"output": output.model_dump(mode="json"), "latency_ms": round(latency_ms, 2),
+            "finish_reason": result.finish_reason, "usage": usage(result), "confidence": confidence(s, result)}
+
+
+def _refuse_unsupported(body: ChatRequest) -> None:
+    if body.n not in (None, 1):
+        raise APIError(400, "n: only n=1 is supported", param="n", code="unsupported_value")
+    if body.stop not in (None, [], ""):
+        raise APIError(400, "stop: stop sequences are not supported (output ends where the JSON ends)",
+                       param="stop", code="unsupported_value")
+    if body.tools:
+        raise APIError(400, "tools: tool calling is not supported; use response_format", param="tools",
+                       code="unsupported_value")
+    if body.max_tokens is not None and body.max_completion_tokens is not None \
+            and body.max_tokens != body.max_completion_tokens:
+        raise APIError(400, "max_tokens and max_completion_tokens disagree; give one", param="max_tokens",
+                       code="invalid_value")
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request):
+    state = request.app.state
+    body = await read(request, ChatRequest)
+    s = lookup(request, body.model, "model")
+    _refuse_unsupported(body)
+    opts = sampling(state.cfg, body, body.max_completion_tokens or body.max_tokens)
+    schema, client_schema, relaxed = requested_schema(s, body.response_format)
+    prompt_ids = chat_prompt_ids(s, body.messages)
+    result = await generate(state.cfg, state.metrics, s, prompt_ids, schema, opts, "messages")
+    check_output(state.metrics, s, client_schema, result)
+    completion = {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+        "model": s.task.name, "system_fingerprint": s.contract.get("schema_hash"),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text, "refusal": None},
+                     "logprobs": logprobs(s, result) if body.logprobs else None,
+                     "finish_reason": result.finish_reason}],
+        "usage": usage(result),
+    }
+    # strict: false dropped keywords the engine cannot enforce; say which (the body stays OpenAI's shape).
+    headers = {"X-Schemabuild-Relaxed": ",".join(relaxed)} if relaxed else None
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(sse(completion, include_usage), media_type="text/event-stream", headers=headers)
+    if headers:
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse(completion, headers=headers)
+    return completion
