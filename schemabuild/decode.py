@@ -21,9 +21,7 @@ import threading
 import time
 from typing import Any
 
-
-class GrammarError(ValueError):
-    """The schema cannot be compiled (invalid or unsupported); the server answers 400."""
+from schemabuild.errors import GrammarError  # noqa: F401 - re-exported: `from schemabuild.decode import GrammarError`
 
 
 class QueueFull(Exception):
