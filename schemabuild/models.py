@@ -1,7 +1,7 @@
 """The one loader: a model folder (full weights or a PEFT adapter on its base), a bare base, adapters sharing one base.
 
-    model, tokenizer, contract = load_model(task, run.model)              # what predict, eval and serve run
-    model, tokenizer, contract = load_model(task, run.model, merge=True)  # what `export --format merged` writes
+    model, tokenizer, contract = load_model(task, run.model, merge=False) # an adapter stays a PeftModel
+    model, tokenizer, contract = load_model(task, run.model)              # merged: what serve and export run
     model, tokenizer, contract = load_base(task, "HuggingFaceTB/SmolLM2-135M-Instruct")   # eval --compare base
     model = load_adapters(base, [("task_a", dir_a), ("task_b", dir_b)], device)          # serve: one base copy
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from schemabuild.bases import REGISTRY_BASES, base_info, registry_base
 from schemabuild.contract import build_contract, check_contract, load_contract
 from schemabuild.errors import ContractError, TaskError
 
@@ -57,15 +58,27 @@ def load_causal_lm(path_or_id, device: str):
 
 
 def adapter_base(model_dir, contract: dict) -> str:
-    """The base an adapter was trained on: adapter_config's local path when it exists, else contract["base_model"]."""
+    """The base an adapter was trained on, checked against the hash its contract recorded.
+
+    In order: adapter_config's local path when it exists, the contract's `base_path`, the registry base named by
+    `base_model` (fetched and converted again when the cache was cleared), else `base_model` as a hub id or path.
+    """
+    named = None
     cfg = Path(model_dir) / "adapter_config.json"
     if cfg.is_file():
         named = json.loads(cfg.read_text()).get("base_model_name_or_path")
-        if named and (Path(named).is_dir() or not Path(contract.get("base_model", "")).is_dir()):
-            return named
-    base = contract.get("base_model")
+    name = contract.get("base_model")
+    candidates = [named, contract.get("base_path")]
+    base = next((c for c in candidates if c and Path(c).is_dir()), None)
+    if base is None and name in REGISTRY_BASES:
+        base = str(registry_base(name))
+    base = base or named or name
     if not base:
         raise ContractError(f"{model_dir}: an adapter whose base model is not named (contract.json base_model)")
+    want, info = contract.get("base_sha256"), base_info(base) if Path(base).is_dir() else None
+    if want and info and info.get("weights_sha256") and info["weights_sha256"] != want:
+        raise ContractError(f"{model_dir}: the adapter was trained on base weights {want[:12]}, but {base} holds "
+                            f"{info['weights_sha256'][:12]}; retrain, or restore the base it was trained on")
     return base
 
 
@@ -73,21 +86,32 @@ def is_adapter(model_dir, contract: dict) -> bool:
     return bool(contract.get("adapter")) or (Path(model_dir) / "adapter_config.json").is_file()
 
 
-def load_model(task, model_dir, device=None, merge: bool = False):
+def load_model(task, model_dir, device=None, merge: bool = True):
     """(model, tokenizer, contract) of a trained model folder, on `device`, in eval mode.
 
-    An adapter loads onto its base; `merge` folds it in (a plain model, as `export --format merged` writes).
+    An adapter loads onto its base and, with `merge` (the default: the serving form, and what `export --format
+    merged` writes), is folded into it.
     """
     model_dir = Path(model_dir)
     contract, tokenizer = load_checked(task, model_dir)
     device = resolve_device(device)
     if contract.get("adapter"):
         model = load_adapters(adapter_base(model_dir, contract), [(None, model_dir)], device)
-        if merge:
-            model = model.merge_and_unload()
     else:
         model = load_causal_lm(model_dir, device)
-    return model.to(device).eval(), tokenizer, contract
+    return inference_model(model, device) if merge else model.to(device).eval(), tokenizer, contract
+
+
+def inference_model(model, device: str):
+    """The model in its serving form: a lone PEFT adapter merged into its base, eval mode, on `device`.
+
+    Merged, a step runs the base's matmuls only (no extra LoRA pair per linear layer). Dynamic int8 quantization
+    of the linear layers was tried and dropped: it cut gold tool accuracy from 1.00 to 0.29-0.33 on the
+    LoRA-tuned SmolLM2-135M (per-tensor and per-channel alike; BENCHMARKS.md).
+    """
+    if hasattr(model, "merge_and_unload") and len(getattr(model, "peft_config", {}) or {}) == 1:
+        model = model.merge_and_unload()
+    return model.to(device).eval()
 
 
 def load_base(task, base_dir_or_id, device=None):

@@ -243,7 +243,8 @@ def load_models(tasks: list, cfg: ServeConfig, runs_dir=None, model_dirs: list |
     """Load each task's model (from `model_dirs` or its run), check its contract, share bases among adapters.
 
     Every contract is checked before any weights load. PEFT adapters on the same base (with the same
-    tokenizer) are loaded onto one copy of it as named adapters; full-weight models load on their own.
+    tokenizer) are loaded onto one copy of it as named adapters; an adapter alone on its base is merged into it
+    (no LoRA matmuls per step); full-weight models load on their own.
     """
     from schemabuild.decode import Decoder
     from schemabuild.models import adapter_base, is_adapter, load_adapters, load_checked, resolve_device
@@ -267,6 +268,9 @@ def load_models(tasks: list, cfg: ServeConfig, runs_dir=None, model_dirs: list |
         else:
             full.append((task, model_dir))
 
+    for key in [k for k, members in adapters.items() if len(members) == 1]:  # alone on its base: served merged
+        task, model_dir, *_ = adapters.pop(key)[0]
+        full.append((task, model_dir))
     served: dict[str, Served] = {}
     for task, model_dir in full:
         served[task.name] = _as_served(Predictor.from_model_dir(task, model_dir, device=device))

@@ -5,7 +5,7 @@ Layers, top to bottom (DESIGN.md "Layers"); a module may import its own layer or
     entry    cli, client, __main__, serve/
     loops    pipeline, refine
     stages   synth/, train/, evaluate/     (stages do not import each other, except evaluate → synth for the teacher)
-    engine   models, decode, predictor
+    engine   models, bases (registry bases: fetch + convert), decode, predictor
     base     errors, task, config, contract, runs
 """
 
@@ -22,7 +22,7 @@ LAYERS = {
     "entry": ["schemabuild.cli", "schemabuild.client", "schemabuild.__main__", "schemabuild.train.__main__", "serve"],
     "loops": ["schemabuild.pipeline", "schemabuild.refine"],
     "stages": ["schemabuild.synth", "schemabuild.train", "schemabuild.evaluate"],
-    "engine": ["schemabuild.models", "schemabuild.decode", "schemabuild.predictor"],
+    "engine": ["schemabuild.models", "schemabuild.bases", "schemabuild.decode", "schemabuild.predictor"],
     "base": ["schemabuild.errors", "schemabuild.task", "schemabuild.config", "schemabuild.contract", "schemabuild.runs",
              "schemabuild"],  # the package itself: `from schemabuild import __version__`
 }

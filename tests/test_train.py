@@ -78,7 +78,7 @@ def test_auto_base_takes_the_cached_registry_base(monkeypatch, tmp_path, tiny_mo
     import json
     import shutil
 
-    from schemabuild.train.registry import converted_dir
+    from schemabuild.bases import converted_dir
 
     _no_registry(monkeypatch, tmp_path)
     folder = converted_dir("smollm2-135m")

@@ -9,10 +9,10 @@ import threading
 import urllib.request
 from pathlib import Path
 
+from schemabuild.bases import REGISTRY_BASES, base_info, gguf_base, registry_base
 from schemabuild.contract import split_chat_row
 from schemabuild.errors import ConfigError
 from schemabuild.runs import Run, read_jsonl
-from schemabuild.train.registry import REGISTRY_BASES, base_info, gguf_base, registry_base
 from schemabuild.train.settings import TINY_VOCAB
 from schemabuild.train.tiny import TinyConfig, build_tiny
 
