@@ -19,7 +19,7 @@ import time
 import httpx
 import pytest
 
-from conftest import write_offline_run
+from tests.conftest import write_offline_run
 
 pytestmark = pytest.mark.slow
 
