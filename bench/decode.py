@@ -53,7 +53,8 @@ def load(args):
     elif latest_run("tool_picker", args.runs_dir) is not None:
         model_dir = latest_run("tool_picker", args.runs_dir) / "model"
     else:
-        from schemabuild.train import TrainConfig, train_task
+        from schemabuild.pipeline import train_task
+        from schemabuild.train import TrainConfig
 
         root = Path(tempfile.mkdtemp(prefix="bench-decode-"))
         print(f"no tool_picker run found: training a tiny one under {root} (minutes on CPU)")

@@ -22,13 +22,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> None:
-    from schemabuild.evaluate import ensure_run, load_rows, default_data, score, write_reports, check_gate
+    from schemabuild.evaluate import check_gate, load_rows, score, write_reports
+    from schemabuild.pipeline import ensure_run
+    from schemabuild.runs import gold_file
     from schemabuild.predictor import Predictor
     from schemabuild.task import load_task
 
     task = load_task("tool_picker", ROOT / "tasks")
     run_dir = ensure_run(task, n=int(os.environ.get("SCHEMABUILD_EVAL_N", "400")))
-    examples = load_rows(task, default_data(task))
+    examples = load_rows(task, gold_file(task))
     texts = [ex.input for ex in examples]
     predictor = Predictor.from_run(task, run=str(run_dir))
     predictor.predict_many(texts[:4], batch_size=4, progress=False)  # warm-up (grammar compile, first forward)

@@ -30,7 +30,8 @@ def main() -> None:
     import torch
     from peft import PeftModel
 
-    from schemabuild.predictor import Predictor, _adapter_base, _load_causal_lm, inference_model, load_checked
+    from schemabuild.models import adapter_base as _adapter_base, inference_model, load_causal_lm as _load_causal_lm, load_checked
+    from schemabuild.predictor import Predictor
     from schemabuild.task import load_jsonl_examples, load_task
 
     if a.threads:

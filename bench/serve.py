@@ -37,7 +37,7 @@ def tiny_run(runs: Path) -> Path:
 
     from schemabuild.contract import build_contract, save_contract
     from schemabuild.task import load_task
-    from schemabuild.tiny import build_tiny
+    from schemabuild.train.tiny import build_tiny
 
     task = load_task("tool_picker", ROOT / "tasks")
     run = runs / "tool_picker" / "bench"

@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def label_run(task, inputs: list[str], concurrency: int, cache_file: Path) -> tuple[float, dict]:
-    from schemabuild.cache import TeacherCache
+    from schemabuild.synth.cache import TeacherCache
     from schemabuild.synth import SynthConfig
-    from schemabuild.teachers import OpenAITeacher
+    from schemabuild.synth.api import OpenAITeacher
 
     teacher = OpenAITeacher(SynthConfig(concurrency=concurrency), TeacherCache(cache_file))
     start, cpu = time.perf_counter(), time.process_time()

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def grams(text: str) -> list[str]:
-    from schemabuild.checks import normalize
+    from schemabuild.synth.checks import normalize
 
     t = f" {normalize(text)} "
     return [t[i:i + n] for n in (3, 4, 5) for i in range(len(t) - n + 1)]
@@ -52,7 +52,7 @@ def naive_bayes(pairs: list[tuple[str, str]]):
 
 
 def main() -> None:
-    from schemabuild.checks import jaccard, near_duplicates, shingles
+    from schemabuild.synth.checks import jaccard, near_duplicates, shingles
     from schemabuild.contract import split_chat_row
     from schemabuild.runs import read_jsonl
     from schemabuild.synth import SynthConfig, synthesize

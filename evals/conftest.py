@@ -26,7 +26,7 @@ about 1.5 min offline on 2 CPU cores), unless SCHEMABUILD_EVAL_N asks for fewer 
 @pytest.fixture(scope="session")
 def tool_picker_run() -> Path:
     """The tool_picker run the gate scores: the fresh latest one, or a newly trained one."""
-    from schemabuild.evaluate import ensure_run
+    from schemabuild.pipeline import ensure_run
     from schemabuild.task import load_task
 
     return ensure_run(load_task("tool_picker", TASKS), **EVAL_TRAIN)

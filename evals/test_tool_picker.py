@@ -6,6 +6,8 @@ Run it alone with `pytest evals/`, or the same gate from the shell:
 
 from pathlib import Path
 
+import pytest
+
 from schemabuild.evaluate import assert_gate
 
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
@@ -16,6 +18,7 @@ TASKS = Path(__file__).resolve().parents[1] / "tasks"
 MIN = {"json_valid": 1.0, "schema_valid": 1.0, "field.tool": 0.8}
 
 
+@pytest.mark.slow  # trains a model when ./runs has no fresh one
 def test_tool_picker_gate(tool_picker_run):
     report = assert_gate("tool_picker", min=MIN, run=tool_picker_run, tasks_dir=TASKS)
     assert (tool_picker_run / "eval" / "report.html").is_file()

@@ -1,4 +1,5 @@
-"""The `schemabuild` command line: thin wrappers over the stage modules (heavy imports stay inside)."""
+"""The `schemabuild` command line: thin wrappers over the stages and the pipeline (torch and friends load only when a
+command needs them, so `schemabuild --help` is instant)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,24 @@ from pathlib import Path
 import click
 
 from schemabuild.config import ConfigError, click_options, from_options, load_config_file
-from schemabuild.task import TaskError
+from schemabuild.contract import canonical_json
+from schemabuild.errors import SchemabuildError
+from schemabuild.evaluate import EvalConfig, run_eval
+from schemabuild.pipeline import train_task
+from schemabuild.predictor import Predictor
+from schemabuild.runs import resolve_run
+from schemabuild.synth import DATASET_FORMATS, SynthConfig, export_dataset, synthesize
+from schemabuild.task import TaskError, describe, list_tasks, load_task, tasks_dir as resolve_tasks_dir, write_template
+from schemabuild.train import MODEL_FORMATS, TrainConfig, export_merged, export_vllm
+from serve.app import run_server
+from serve.config import ServeConfig
 
 TASKS_DIR = click.option("--tasks-dir", type=click.Path(path_type=Path), default=None, envvar="SCHEMABUILD_TASKS",
                          help="Folder of task files [default: ./tasks].")
 RUNS_DIR = click.option("--runs-dir", type=click.Path(path_type=Path), default=None, envvar="SCHEMABUILD_RUNS",
                         help="Folder runs are written under [default: ./runs].")
+CONFIG = click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+                      help="JSON or TOML settings file (flags given on the command line win).")
 
 
 def user_errors(fn):
@@ -24,11 +37,9 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from schemabuild.contract import ContractError
-
         try:
             return fn(*args, **kwargs)
-        except (TaskError, ConfigError, ContractError) as exc:
+        except SchemabuildError as exc:
             if _debug():
                 raise
             raise click.ClickException(str(exc)) from None
@@ -107,8 +118,6 @@ def make_config(cls, ctx: click.Context, options: dict, config_file: Path | None
 
 
 def _load(name: str, tasks_dir):
-    from schemabuild.task import load_task
-
     return load_task(name, tasks_dir)
 
 
@@ -133,8 +142,6 @@ def main(debug):
 @user_errors
 def init(name, tasks_dir, force):
     """Write a commented task file to start from."""
-    from schemabuild.task import write_template
-
     path = write_template(name, tasks_dir, force=force)
     click.echo(f"wrote {path}: edit it, then run `schemabuild train {name}`")
 
@@ -144,11 +151,9 @@ def init(name, tasks_dir, force):
 @user_errors
 def tasks_cmd(tasks_dir):
     """List the tasks in the tasks folder."""
-    from schemabuild.task import describe, list_tasks, load_task, tasks_dir as resolve
-
     names = list_tasks(tasks_dir)
     if not names:
-        click.echo(f"no tasks in {resolve(tasks_dir)}; create one with `schemabuild init NAME`")
+        click.echo(f"no tasks in {resolve_tasks_dir(tasks_dir)}; create one with `schemabuild init NAME`")
     for name in names:
         try:
             click.echo(describe(load_task(name, tasks_dir)))
@@ -156,47 +161,16 @@ def tasks_cmd(tasks_dir):
             click.echo(f"{name}: error: {exc}")
 
 
-def _synth_config():
-    from schemabuild.synth import SynthConfig
-
-    return SynthConfig
-
-
-def _train_config():
-    from schemabuild.train import TrainConfig
-
-    return TrainConfig
-
-
-def _eval_config():
-    from schemabuild.evaluate import EvalConfig
-
-    return EvalConfig
-
-
-def _serve_config():
-    from serve.config import ServeConfig
-
-    return ServeConfig
-
-
-def _lazy_options(loader):
-    """Options from a stage's dataclass, importing the stage module only for `--help`/invocation."""
-    return click_options(loader())
-
-
 @main.command()
 @click.argument("task")
 @TASKS_DIR
 @RUNS_DIR
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="JSON or TOML settings file.")
-@_lazy_options(_synth_config)
+@CONFIG
+@click_options(SynthConfig)
 @click.pass_context
 @user_errors
 def synth(ctx, task, tasks_dir, runs_dir, config_file, **options):
     """Synthesize a validated training set for TASK with a teacher LLM (offline without a key)."""
-    from schemabuild.synth import SynthConfig, synthesize
-
     cfg = make_config(SynthConfig, ctx, options, config_file)
     synthesize(_load(task, tasks_dir), cfg, runs_dir=runs_dir)
 
@@ -205,14 +179,12 @@ def synth(ctx, task, tasks_dir, runs_dir, config_file, **options):
 @click.argument("task")
 @TASKS_DIR
 @RUNS_DIR
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="JSON or TOML settings file.")
-@_lazy_options(_train_config)
+@CONFIG
+@click_options(TrainConfig)
 @click.pass_context
 @user_errors
 def train(ctx, task, tasks_dir, runs_dir, config_file, **options):
     """Synthesize (if needed), fine-tune and evaluate TASK; prints where everything went."""
-    from schemabuild.train import TrainConfig, train_task
-
     cfg = make_config(TrainConfig, ctx, options, config_file)
     train_task(_load(task, tasks_dir), cfg, runs_dir=runs_dir)
 
@@ -221,14 +193,13 @@ def train(ctx, task, tasks_dir, runs_dir, config_file, **options):
 @click.argument("task")
 @TASKS_DIR
 @RUNS_DIR
-@_lazy_options(_eval_config)
+@CONFIG
+@click_options(EvalConfig)
 @click.pass_context
 @user_errors
-def eval_cmd(ctx, task, tasks_dir, runs_dir, **options):
+def eval_cmd(ctx, task, tasks_dir, runs_dir, config_file, **options):
     """Score TASK's model per field on the gold set; exit non-zero when a threshold fails (a CI gate)."""
-    from schemabuild.evaluate import EvalConfig, run_eval
-
-    cfg = make_config(EvalConfig, ctx, options, None)
+    cfg = make_config(EvalConfig, ctx, options, config_file)
     sys.exit(run_eval(_load(task, tasks_dir), cfg, runs_dir=runs_dir))
 
 
@@ -236,14 +207,13 @@ def eval_cmd(ctx, task, tasks_dir, runs_dir, **options):
 @click.argument("tasks", nargs=-1, required=True)
 @TASKS_DIR
 @RUNS_DIR
-@_lazy_options(_serve_config)
+@CONFIG
+@click_options(ServeConfig)
 @click.pass_context
 @user_errors
-def serve(ctx, tasks, tasks_dir, runs_dir, **options):
+def serve(ctx, tasks, tasks_dir, runs_dir, config_file, **options):
     """Serve TASKS behind an OpenAI-compatible JSON API with constrained decoding."""
-    from serve.app import ServeConfig, run_server
-
-    cfg = make_config(ServeConfig, ctx, options, None)
+    cfg = make_config(ServeConfig, ctx, options, config_file)
     run_server([_load(t, tasks_dir) for t in tasks], cfg, runs_dir=runs_dir)
 
 
@@ -257,9 +227,6 @@ def serve(ctx, tasks, tasks_dir, runs_dir, **options):
 @user_errors
 def predict(task, text, tasks_dir, runs_dir, run, max_tokens):
     """Run TASK's model locally on TEXT (no server) and print the JSON output."""
-    from schemabuild.contract import canonical_json
-    from schemabuild.predictor import Predictor
-
     t = _load(task, tasks_dir)
     predictor = Predictor.from_run(t, run=run, runs_dir=runs_dir)
     result = predictor.predict(text, max_tokens=max_tokens)
@@ -274,15 +241,18 @@ def predict(task, text, tasks_dir, runs_dir, run, max_tokens):
 @TASKS_DIR
 @RUNS_DIR
 @click.option("--format", "fmt", required=True,
-              type=click.Choice(["openai", "sharegpt", "alpaca", "merged", "vllm"]), help="What to write.")
+              type=click.Choice([*DATASET_FORMATS, *MODEL_FORMATS]), help="What to write.")
 @click.option("--run", default=None, help="Run directory or run id [default: the task's latest run].")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output path [default: inside the run].")
 @user_errors
 def export(task, tasks_dir, runs_dir, fmt, run, out):
     """Export TASK's dataset (openai, sharegpt, alpaca) or model (merged, vllm)."""
-    from schemabuild.export import export as do_export
-
-    do_export(_load(task, tasks_dir), fmt, run=run, out=out, runs_dir=runs_dir)
+    t = _load(task, tasks_dir)
+    if fmt in DATASET_FORMATS:
+        export_dataset(t, resolve_run(task, run, runs_dir, need="data"), fmt, out)
+    else:
+        export = export_merged if fmt == "merged" else export_vllm
+        export(t, resolve_run(task, run, runs_dir, need="model"), out)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from schemabuild.task import load_task
+
 
 class ClientError(Exception):
     """The server answered with an error; `status`, `type`, `param` and `code` come from its error body."""
@@ -48,8 +50,6 @@ class Client:
             self._tasks.setdefault(task.name, task)
             return task
         if task not in self._tasks:
-            from schemabuild.task import load_task
-
             self._tasks[task] = load_task(task, self.tasks_dir)
         return self._tasks[task]
 

@@ -16,9 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A bad setting; the message names the flag."""
+from schemabuild.errors import ConfigError  # noqa: F401 - re-exported: `from schemabuild.config import ConfigError`
 
 
 def flag(name: str) -> str:
@@ -107,9 +105,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--config: no such file {path}")
     try:
         if path.suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(path.read_text())
+            data = _toml().loads(path.read_text())
         else:
             data = json.loads(path.read_text())
     except Exception as exc:  # noqa: BLE001 - any parse error becomes one line naming the file
@@ -117,6 +113,18 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a table/object of settings")
     return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _toml():
+    """The TOML parser: the standard library's from Python 3.11, the `tomli` backport on 3.10."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise ConfigError("--config: reading TOML on Python 3.10 needs `pip install tomli` (or use a JSON file)") from None
+    return tomllib
 
 
 def resolved(cfg: Any) -> dict[str, Any]:

@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from schemabuild import __version__
+from schemabuild.errors import ContractError  # noqa: F401 - re-exported: `from schemabuild.contract import ContractError`
+
 if TYPE_CHECKING:
     from schemabuild.task import Task
 
@@ -32,10 +35,6 @@ CONTRACT_FILE = "contract.json"
 CANONICAL = {"separators": [",", ":"], "key_order": "model", "nulls": "explicit", "ensure_ascii": False}
 # What the grammar engine is told; follows from CANONICAL.
 GRAMMAR = {"any_whitespace": False, "separators": [",", ":"], "all_keys_required": True, "strict": True}
-
-
-class ContractError(Exception):
-    """A model artifact does not match the task or tokenizer it is used with."""
 
 
 def sha(text: str) -> str:
@@ -173,8 +172,6 @@ def encode_example(tokenizer, instructions: str, text: str, target_json: str) ->
 
 def build_contract(task: "Task", tokenizer, base_model: str, prompt: str = "student", **extra: Any) -> dict:
     """The contract of a model: `prompt` is "student" for fine-tuned models, "full" for un-tuned bases."""
-    from schemabuild import __version__
-
     if prompt not in ("student", "full"):
         raise ValueError(f"prompt must be 'student' or 'full', got {prompt!r}")
     eot_text, stop_ids = end_of_turn(tokenizer)

@@ -19,15 +19,13 @@ import math
 import threading
 from typing import Any
 
+from schemabuild.errors import GrammarError  # noqa: F401 - re-exported: `from schemabuild.decode import GrammarError`
+
 # Jump-forward takes at most this much forced text per step; the rest is forced again on the next step.
 MAX_JUMP_BYTES = 256
 MAX_JUMP_TOKENS = 64
 # Below this, logits / temperature overflow float32 (1e-320 → inf → NaN probabilities).
 MIN_TEMPERATURE = 1e-3
-
-
-class GrammarError(ValueError):
-    """The schema cannot be compiled (invalid or unsupported); the server answers 400."""
 
 
 @dataclasses.dataclass

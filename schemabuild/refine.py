@@ -13,10 +13,21 @@ the loop, so refining never loses the model it started from.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
+
+from schemabuild.contract import chat_row, split_chat_row
+from schemabuild.errors import TaskError
+from schemabuild.evaluate import EvalConfig, evaluate, field_pairs, primary, value_label
+from schemabuild.evaluate.report import Report
+from schemabuild.runs import Run, cache_path, gold_file, read_jsonl, write_json, write_jsonl
+from schemabuild.synth import make_teacher, run_synth_config
+from schemabuild.synth.checks import Candidate, check_rows, normalize
+from schemabuild.task import Task, load_jsonl_examples
+from schemabuild.train import train_run
 
 WEAK_LIMIT = 3
 """Most weak spots targeted per round."""
@@ -27,7 +38,6 @@ FOCUS_HINT = "weak spots"
 @dataclasses.dataclass
 class WeakSpot:
     """A field (or one value of an enum field) the model gets wrong on the validation split."""
-
     path: str
     """The field's dotted path."""
     value: Any = None
@@ -36,19 +46,16 @@ class WeakSpot:
     """Accuracy on the validation rows concerned."""
     rows: int = 0
     """How many validation rows it was measured on."""
-
     def describe(self) -> str:
         if self.value is not None:
             return f"messages whose correct `{self.path}` is {self.value!r}"
         return f"messages where getting `{self.path}` exactly right is tricky"
 
 
-def weak_spots(report: dict, limit: int = WEAK_LIMIT) -> list[WeakSpot]:
+def weak_spots(report: Report, limit: int = WEAK_LIMIT) -> list[WeakSpot]:
     """The worst enum values (by recall) and non-enum fields (by accuracy) below 1.0, worst first."""
-    from schemabuild.evaluate import PRIMARY
-
     spots = []
-    for path, f in report["models"][PRIMARY]["fields"].items():
+    for path, f in primary(report)["fields"].items():
         if "per_value" in f:
             for value, acc in f["per_value"].items():
                 if acc is not None and acc < 1.0 and value not in ("null", "(invalid)"):
@@ -63,14 +70,12 @@ def weak_spots(report: dict, limit: int = WEAK_LIMIT) -> list[WeakSpot]:
 def focus_task(task, spots: list[WeakSpot]):
     """The task narrowed to its weak spots: only the examples that show a weak enum value (all of them when no
     enum value is weak), and a hint naming every spot."""
-    from schemabuild.evaluate import _label, field_pairs
-    from schemabuild.task import Task
 
     keep = []
     valued = [s for s in spots if s.value is not None]  # whole-field spots only add a hint
     for ex in task.examples:
         gold = ex.output.model_dump(mode="json")
-        if any(_label(g, None) == s.value for s in valued for _, g, _ in field_pairs(s.path, gold, gold)):
+        if any(value_label(g, None) == s.value for s in valued for _, g, _ in field_pairs(s.path, gold, gold)):
             keep.append(ex)
     hints = {**task.hints, FOCUS_HINT: [s.describe() for s in spots]}
     return Task(name=task.name, instructions=task.instructions, output=task.output, examples=keep or task.examples,
@@ -79,27 +84,18 @@ def focus_task(task, spots: list[WeakSpot]):
 
 
 def _rows_key(rows) -> set[str]:
-    from schemabuild.checks import normalize
-    from schemabuild.contract import split_chat_row
 
     return {normalize(split_chat_row(r)[1]) for r in rows}
 
 
 def new_pairs(task, run_dir: Path, spots: list[WeakSpot], n: int, seed: int, runs_dir=None) -> tuple[list, list, str]:
     """(chat rows that passed every check and are not in train/val, rejects, teacher name) aimed at `spots`."""
-    import asyncio
 
-    from schemabuild.checks import Candidate, check_rows, normalize
-    from schemabuild.contract import chat_row, split_chat_row
-    from schemabuild.evaluate import default_data, run_synth_config
-    from schemabuild.runs import cache_path, read_jsonl
-    from schemabuild.task import load_jsonl_examples
-    from schemabuild.teachers import make_teacher
 
-    data = run_dir / "data"
-    train = list(read_jsonl(data / "train.jsonl"))
-    val = list(read_jsonl(data / "val.jsonl")) if (data / "val.jsonl").is_file() else []
-    gold_path = default_data(task)
+    run = Run(run_dir)
+    train = list(read_jsonl(run.train_file))
+    val = list(read_jsonl(run.val_file)) if run.val_file.is_file() else []
+    gold_path = gold_file(task)
     protected = [split_chat_row(r)[1] for r in val]  # never train on what the loop is judged on
     if gold_path.is_file():
         protected += [ex.input for ex in load_jsonl_examples(task, gold_path)]
@@ -127,11 +123,9 @@ def new_pairs(task, run_dir: Path, spots: list[WeakSpot], n: int, seed: int, run
     return rows, rejects, teacher.name
 
 
-def _field_scores(report: dict) -> dict[str, float | None]:
-    from schemabuild.evaluate import PRIMARY
-
-    m = report["models"][PRIMARY]["metrics"]
-    keys = ["schema_valid", "exact_match"] + [f"field.{p}" for p in report["models"][PRIMARY]["fields"]]
+def _field_scores(report: Report) -> dict[str, float | None]:
+    m = primary(report)["metrics"]
+    keys = ["schema_valid", "exact_match"] + [f"field.{p}" for p in primary(report)["fields"]]
     return {k: m.get(k) for k in keys}
 
 
@@ -168,17 +162,13 @@ def refine(task, run_dir, train_cfg, rounds: int, runs_dir=None, per_round: int 
 
     Writes `<run>/refine/report.json` and `round-<k>/{before,after}/` eval reports and `added.jsonl`.
     """
-    from schemabuild.evaluate import EvalConfig, evaluate
-    from schemabuild.runs import read_jsonl, write_json, write_jsonl
-    from schemabuild.task import TaskError
-    from schemabuild.train import train_run
 
     run_dir = Path(run_dir)
-    data = run_dir / "data"
-    val = data / "val.jsonl"
+    run = Run(run_dir)
+    val = run.val_file
     if not val.is_file() or not val.stat().st_size:
         raise TaskError(f"--refine: {val} is empty; refining needs a validation split (synthesize with --val-fraction > 0)")
-    out = run_dir / "refine"
+    out = run.refine
     out.mkdir(parents=True, exist_ok=True)
     history: list[dict] = []
     seed = getattr(train_cfg, "seed", 0)
@@ -197,7 +187,7 @@ def refine(task, run_dir, train_cfg, rounds: int, runs_dir=None, per_round: int 
             entry["stopped"] = "every field is right on the validation split"
             print(f"refine round {k}: nothing to refine, every field is right on {val}")
             break
-        train_rows = list(read_jsonl(data / "train.jsonl"))
+        train_rows = list(read_jsonl(run.train_file))
         n = per_round or max(16, len(train_rows) // 4)
         print(f"refine round {k}: weakest " + "; ".join(
             f"{s.path}={s.value!r} {s.score:.2f}" if s.value is not None else f"{s.path} {s.score:.2f}" for s in spots))
@@ -213,17 +203,17 @@ def refine(task, run_dir, train_cfg, rounds: int, runs_dir=None, per_round: int 
         if backup.exists():
             shutil.rmtree(backup)
         backup.mkdir(parents=True)
-        shutil.copy2(data / "train.jsonl", backup / "train.jsonl")
-        shutil.copytree(run_dir / "model", backup / "model")
-        write_jsonl(data / "train.jsonl", train_rows + rows)
+        shutil.copy2(run.train_file, backup / run.train_file.name)
+        shutil.copytree(run.model, backup / "model")
+        write_jsonl(run.train_file, train_rows + rows)
         print(f"refine round {k}: +{len(rows)} pairs from the {teacher} teacher ({len(rejects)} rejected); retraining")
         train_run(task, run_dir, dataclasses.replace(train_cfg, resume=False, refine=0))
         after = score_val(rdir / "after")
         entry["after"] = _field_scores(after)
         if _overall(entry["after"]) < _overall(scores):
-            shutil.rmtree(run_dir / "model")
-            shutil.copytree(backup / "model", run_dir / "model")
-            shutil.copy2(backup / "train.jsonl", data / "train.jsonl")
+            shutil.rmtree(run.model)
+            shutil.copytree(backup / "model", run.model)
+            shutil.copy2(backup / run.train_file.name, run.train_file)
             entry["kept"] = False
             entry["stopped"] = "the validation score dropped; restored the previous model and train.jsonl"
             print(f"refine round {k}: validation score dropped; restored the previous model and stopped")

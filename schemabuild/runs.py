@@ -1,7 +1,18 @@
-"""Where runs live: `runs/<task>/<run-id>/` with `runs/<task>/latest`, plus small JSON/JSONL helpers."""
+"""Where runs live and what is inside one: `runs/<task>/<run-id>/` with `runs/<task>/latest`, the `Run` paths,
+the gold-file default, plus small JSON/JSONL helpers.
+
+    runs/<task>/<run-id>/
+      data/         train.jsonl, val.jsonl, rejects.jsonl, manifest.json, synth_config.json   (schemabuild synth)
+      train_config.json, checkpoints/, tiny_base/                                             (schemabuild train)
+      model/        weights or adapter, tokenizer, contract.json, train_log.jsonl, train_summary.json
+      eval/         report.json, report.md, report.html, predictions.jsonl                    (schemabuild eval)
+      refine/       report.json, round-<k>/                                                    (train --refine)
+      export/<fmt>/                                                                            (schemabuild export)
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -9,7 +20,143 @@ import secrets
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from schemabuild.task import TaskError
+from schemabuild.contract import check_contract, load_contract
+from schemabuild.errors import ContractError, TaskError
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One run folder: every path inside it, named once."""
+
+    dir: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dir", Path(self.dir))
+
+    @property
+    def task_name(self) -> str:
+        """The task the run belongs to: its contract's task when trained, else the folder above it."""
+        if self.contract.is_file():
+            try:
+                return read_json(self.contract).get("task") or self.dir.parent.name
+            except (OSError, ValueError, AttributeError):
+                pass
+        return self.dir.parent.name
+
+    # -- data/ (schemabuild synth) --
+    @property
+    def data(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def train_file(self) -> Path:
+        return self.data / "train.jsonl"
+
+    @property
+    def val_file(self) -> Path:
+        return self.data / "val.jsonl"
+
+    @property
+    def rejects_file(self) -> Path:
+        return self.data / "rejects.jsonl"
+
+    @property
+    def manifest_file(self) -> Path:
+        return self.data / "manifest.json"
+
+    @property
+    def synth_config_file(self) -> Path:
+        return self.data / "synth_config.json"
+
+    # -- training --
+    @property
+    def train_config_file(self) -> Path:
+        return self.dir / "train_config.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.dir / "checkpoints"
+
+    @property
+    def tiny_base(self) -> Path:
+        return self.dir / "tiny_base"
+
+    @property
+    def model(self) -> Path:
+        return self.dir / "model"
+
+    @property
+    def contract(self) -> Path:
+        return self.model / "contract.json"
+
+    @property
+    def train_log(self) -> Path:
+        return self.model / "train_log.jsonl"
+
+    @property
+    def train_summary(self) -> Path:
+        return self.model / "train_summary.json"
+
+    # -- after training --
+    @property
+    def eval(self) -> Path:
+        return self.dir / "eval"
+
+    @property
+    def refine(self) -> Path:
+        return self.dir / "refine"
+
+    def export(self, fmt: str) -> Path:
+        return self.dir / "export" / fmt
+
+    # -- state --
+    def has_data(self) -> bool:
+        return self.train_file.is_file()
+
+    def has_val(self) -> bool:
+        return self.val_file.is_file() and self.val_file.stat().st_size > 0
+
+    def is_trained(self) -> bool:
+        return self.contract.is_file()
+
+    def manifest(self) -> dict | None:
+        """data/manifest.json, or None when synthesis never finished (or the file is unreadable)."""
+        return _read_optional(self.manifest_file)
+
+    def train_config(self) -> dict | None:
+        """The resolved settings of the last training in this run, or None."""
+        return _read_optional(self.train_config_file)
+
+    def data_matches(self, task) -> bool:
+        """Whether data/ was made, completely, from `task` as it is now (its manifest's task fingerprint)."""
+        manifest = self.manifest() if self.has_data() else None
+        return bool(manifest) and manifest.get("complete") is True and manifest.get("fingerprint") == task.fingerprint()
+
+    def model_matches(self, task) -> bool:
+        """Whether the trained model still fits `task`: its contract matches and its data came from this task file."""
+        try:
+            check_contract(load_contract(self.model), task)
+        except ContractError:
+            return False
+        manifest = self.manifest_file
+        return not manifest.is_file() or (self.manifest() or {}).get("fingerprint") == task.fingerprint()
+
+
+def _read_optional(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def gold_file(task) -> Path:
+    """The task's gold eval set: evals/<task>.jsonl beside the tasks folder (beside the current folder for a task
+    defined in code)."""
+    base = Path(task.source).resolve().parent.parent if getattr(task, "source", None) else Path.cwd()
+    return base / "evals" / f"{task.name}.jsonl"
 
 
 def runs_root(explicit: str | os.PathLike | None = None) -> Path:
@@ -68,7 +215,7 @@ def resolve_run(task: str, run: str | os.PathLike | None = None, root: str | os.
         path = latest_run(task, root)
         if path is None:
             raise TaskError(f"no runs for task {task!r} under {runs_root(root)}; run `schemabuild train {task}` first")
-    if need and not (path / need).is_dir():
+    if need and not (path / need).is_dir():  # need: "data" or "model"
         hint = "schemabuild synth" if need == "data" else "schemabuild train"
         raise TaskError(f"{path} has no {need}/ folder; run `{hint} {task}` first")
     return path

@@ -15,11 +15,9 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ValidationError
 
+from schemabuild.errors import TaskError  # noqa: F401 - re-exported: `from schemabuild.task import TaskError`
+
 NAME_RE = re.compile(r"^[a-z0-9_]+$")
-
-
-class TaskError(Exception):
-    """A user mistake in a task file or task name; the message is one line, shown without a traceback."""
 
 
 @dataclasses.dataclass

@@ -21,6 +21,12 @@ from schemabuild.config import ConfigError
 from serve.config import ServeConfig
 from serve.models import Served, _as_served, load_models
 from serve.protocol import ChatMessage  # noqa: F401  (re-exported for callers of serve.app)
+from serve.errors import install_handlers
+from serve.metrics import Metrics
+from serve.middleware import Guard
+from serve.compiler import GrammarPool
+from serve.engine import Engine
+from schemabuild import __version__
 
 __all__ = ["ServeConfig", "Served", "create_app", "load_models", "serve_in_thread", "run_server"]
 
@@ -32,9 +38,6 @@ def create_app(models: list, cfg: ServeConfig | None = None):
     """
     from fastapi import FastAPI
 
-    from serve.errors import install_handlers
-    from serve.metrics import Metrics
-    from serve.middleware import Guard
     from serve.routes import router
 
     cfg = cfg or ServeConfig()
@@ -70,8 +73,6 @@ def create_app(models: list, cfg: ServeConfig | None = None):
 
 def _engines(served: dict[str, Served], cfg: ServeConfig) -> dict[str, Any]:
     """One Engine (with one GrammarPool) per decoder, labelled by the tasks it serves ("a+b")."""
-    from serve.compiler import GrammarPool
-    from serve.engine import Engine
 
     by_decoder: dict[int, Any] = {}
     names: dict[int, list[str]] = {}
@@ -89,7 +90,6 @@ def _engines(served: dict[str, Served], cfg: ServeConfig) -> dict[str, Any]:
 
 
 def _version() -> str:
-    from schemabuild import __version__
 
     return __version__
 

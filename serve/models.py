@@ -8,6 +8,11 @@ from typing import Any
 
 from schemabuild.config import ConfigError
 from serve.config import ServeConfig
+from schemabuild.runs import resolve_run
+from schemabuild.decode import Decoder
+from schemabuild.models import adapter_base, is_adapter, load_adapters, load_checked, resolve_device
+from schemabuild.predictor import Predictor
+from schemabuild.contract import grammar_schema
 
 
 @dataclasses.dataclass
@@ -33,7 +38,6 @@ class Served:
 
 
 def _model_dir_for(task, cfg: ServeConfig, runs_dir) -> Path:
-    from schemabuild.runs import resolve_run
 
     run = resolve_run(task.name, cfg.run, runs_dir, need="model")
     return run / "model"
@@ -46,8 +50,6 @@ def load_models(tasks: list, cfg: ServeConfig, runs_dir=None, model_dirs: list |
     tokenizer) are loaded onto one copy of it as named adapters; an adapter alone on its base is merged into it
     (no LoRA matmuls per step); full-weight models load on their own.
     """
-    from schemabuild.decode import Decoder
-    from schemabuild.predictor import Predictor, _adapter_base, _load_causal_lm, load_checked, resolve_device
 
     names = [t.name for t in tasks]
     if cfg.run and len(tasks) > 1 and model_dirs is None:
@@ -60,9 +62,9 @@ def load_models(tasks: list, cfg: ServeConfig, runs_dir=None, model_dirs: list |
     full, adapters = [], defaultdict(list)  # adapters: (base, tokenizer identity) -> [(task, dir, tok, contract)]
     for task, model_dir in zip(tasks, dirs):
         contract, tokenizer = load_checked(task, model_dir)
-        if contract.get("adapter") or (model_dir / "adapter_config.json").is_file():
+        if is_adapter(model_dir, contract):
             vocab = hash(json.dumps(sorted(tokenizer.get_vocab().items())))
-            key = (_adapter_base(model_dir, contract), contract.get("chat_template_hash"), vocab)
+            key = (adapter_base(model_dir, contract), contract.get("chat_template_hash"), vocab)
             adapters[key].append((task, model_dir, tokenizer, contract))
         else:
             full.append((task, model_dir))
@@ -74,13 +76,8 @@ def load_models(tasks: list, cfg: ServeConfig, runs_dir=None, model_dirs: list |
     for task, model_dir in full:
         served[task.name] = _as_served(Predictor.from_model_dir(task, model_dir, device=device))
     for (base, *_), members in adapters.items():
-        from peft import PeftModel
-
-        (task, model_dir, tokenizer, contract), rest = members[0], members[1:]
-        model = PeftModel.from_pretrained(_load_causal_lm(base, device), str(model_dir), adapter_name=task.name)
-        for other, other_dir, *_ in rest:
-            model.load_adapter(str(other_dir), adapter_name=other.name)
-        model.to(device).eval()
+        model = load_adapters(base, [(t.name, d) for t, d, *_ in members], device)
+        tokenizer, contract = members[0][2], members[0][3]
         decoder = Decoder(model, tokenizer, stop_ids=list(contract["stop_ids"]), device=device)
         for task, model_dir, tok, contract in members:
             s = _as_served(Served(task=task, tokenizer=tok, decoder=decoder, adapter=task.name, contract=contract))
@@ -91,7 +88,6 @@ def load_models(tasks: list, cfg: ServeConfig, runs_dir=None, model_dirs: list |
 
 def _as_served(item) -> Served:
     """A Served from a Served or a schemabuild Predictor."""
-    from schemabuild.contract import grammar_schema
 
     if isinstance(item, Served):
         if not item.schema:

@@ -15,6 +15,7 @@ from serve.models import Served
 from serve.protocol import ChatRequest, PredictRequest, _parse_body
 from serve.serving import (chat_prompt_ids, check_output, confidence, generate, logprobs, requested_schema,
                            sampling, sse, task_output, usage)
+from schemabuild.contract import encode_prompt, system_prompt
 
 STATIC = Path(__file__).parent / "static"
 
@@ -71,7 +72,6 @@ async def get_model(model: str, request: Request):
 
 @router.post("/v1/tasks/{task}/predict")
 async def predict(task: str, request: Request):
-    from schemabuild.contract import encode_prompt, system_prompt
 
     state = request.app.state
     s = lookup(request, task, "task")

@@ -17,6 +17,9 @@ from serve.metrics import Metrics
 from serve.models import Served
 from serve.protocol import ChatMessage, ResponseFormat
 from serve.schemas import SchemaRefused, output_violation, prepare_schema
+from schemabuild.contract import encode_prompt, student_prompt, system_prompt
+from schemabuild.task import TaskError
+from schemabuild.predictor import field_confidence
 
 
 def sampling(cfg: ServeConfig, body, max_tokens: int | None) -> dict:
@@ -106,7 +109,6 @@ def chat_prompt_ids(s: Served, messages: list[ChatMessage]) -> list[int]:
     the model's own system prompt (from its contract) is used; another system message replaces it. A lone user
     message then gives exactly `contract.encode_prompt` (byte-identical to training).
     """
-    from schemabuild.contract import encode_prompt, student_prompt, system_prompt
 
     system = [m.text() for m in messages if m.role in ("system", "developer")]
     turns = [m for m in messages if m.role not in ("system", "developer")]
@@ -128,7 +130,6 @@ def chat_prompt_ids(s: Served, messages: list[ChatMessage]) -> list[int]:
 
 def task_output(s: Served, result, max_tokens: int):
     """The task's output model instance from a result; 422 when the JSON was cut off or does not validate."""
-    from schemabuild.task import TaskError
 
     try:
         return s.task.validate_output(result.text)
@@ -141,7 +142,6 @@ def task_output(s: Served, result, max_tokens: int):
 
 def confidence(s: Served, result) -> dict[str, float]:
     """Per top-level field: the probability the model gave that field's value (see predictor.field_confidence)."""
-    from schemabuild.predictor import field_confidence
 
     return {k: round(v, 6) for k, v in field_confidence(s.tokenizer, result, s.decoder.stop_ids).items()}
 

@@ -55,7 +55,7 @@ def tiny_model_dir(tmp_path_factory, tool_picker):
     from transformers import AutoTokenizer
 
     from schemabuild.contract import build_contract, save_contract
-    from schemabuild.tiny import build_tiny
+    from schemabuild.train.tiny import build_tiny
 
     path = build_tiny(tool_picker, tmp_path_factory.mktemp("tiny") / "model")
     tok = AutoTokenizer.from_pretrained(path)

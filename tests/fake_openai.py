@@ -28,8 +28,8 @@ from typing import Any, Callable
 
 import pytest
 
-GENERATE_MARK = "You write realistic, varied user inputs"  # schemabuild.teachers.GENERATE_SYSTEM starts so
-JUDGE_MARK = "You grade answers"  # schemabuild.teachers.JUDGE_SYSTEM starts so
+GENERATE_MARK = "You write realistic, varied user inputs"  # schemabuild.synth.protocol.GENERATE_SYSTEM starts so
+JUDGE_MARK = "You grade answers"  # schemabuild.synth.protocol.JUDGE_SYSTEM starts so
 
 
 @dataclasses.dataclass

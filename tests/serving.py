@@ -55,7 +55,7 @@ def build_quick(root: Path) -> Quick:
 
     from schemabuild.contract import build_contract, save_contract
     from schemabuild.task import load_task
-    from schemabuild.tiny import TinyConfig, build_tiny
+    from schemabuild.train.tiny import TinyConfig, build_tiny
 
     tasks = root / "tasks"
     tasks.mkdir(parents=True)

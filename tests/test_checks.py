@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel, field_serializer
 
 from schemabuild import Example, Task, TaskError
-from schemabuild.checks import (Candidate, GoldIndex, Row, apply_judge, check_rows, count_reasons, jaccard,
+from schemabuild.synth.checks import (Candidate, GoldIndex, Row, apply_judge, check_rows, count_reasons, jaccard,
                                 near_duplicates, normalize, shingles)
 
 

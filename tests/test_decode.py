@@ -180,7 +180,7 @@ def random_models(tmp_path_factory, tool_picker):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from schemabuild.contract import end_of_turn
-    from schemabuild.tiny import TinyConfig, build_tiny
+    from schemabuild.train.tiny import TinyConfig, build_tiny
 
     path = build_tiny(tool_picker, tmp_path_factory.mktemp("rand"), config=TinyConfig(
         vocab_size=320, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1))

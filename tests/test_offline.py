@@ -9,9 +9,9 @@ from typing import Literal, Optional
 from pydantic import BaseModel
 
 from schemabuild import Example, Task
-from schemabuild.checks import Candidate, check_rows, normalize
+from schemabuild.synth.checks import Candidate, check_rows, normalize
 from schemabuild.contract import canonical_json
-from schemabuild.offline import OfflineTeacher
+from schemabuild.synth.offline import OfflineTeacher
 from schemabuild.task import load_jsonl_examples
 from tests.conftest import EVALS
 

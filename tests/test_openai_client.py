@@ -46,6 +46,7 @@ def test_parse_gives_the_pydantic_model(client, quick):
     assert parsed.tool in ("music.play", "weather.forecast", "timer.set", "no_tool")
 
 
+@pytest.mark.slow
 def test_parse_with_toolpick_against_the_trained_tool_picker(trained_run, tool_picker):
     """`.parse(response_format=ToolPick)` gives a ToolPick whenever the trained model finishes its answer
     (what the local Predictor says); when it does not, the client is told so (finish_reason length)."""

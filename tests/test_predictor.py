@@ -150,7 +150,7 @@ def test_adapter_model_and_per_request_adapters(adapters, tiny_model_dir, tool_p
     from schemabuild.decode import Decoder
     from schemabuild.predictor import Predictor
 
-    from schemabuild.predictor import _load_causal_lm
+    from schemabuild.models import load_causal_lm as _load_causal_lm
 
     a = Predictor.from_model_dir(tool_picker, adapters[0], device="cpu")
     b = Predictor.from_model_dir(tool_picker, adapters[1], device="cpu")

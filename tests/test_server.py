@@ -298,7 +298,7 @@ def test_adapters_on_one_base_share_it_and_each_answers(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from schemabuild.contract import build_contract, save_contract
-    from schemabuild.tiny import TinyConfig, build_tiny
+    from schemabuild.train.tiny import TinyConfig, build_tiny
     from serve.app import create_app, serve_in_thread, ServeConfig, load_models
 
     task_a, task_b = _second_task(tmp_path, monkeypatch)
@@ -372,6 +372,7 @@ def _local(trained_run, tool_picker, text: str):
     return Predictor.from_model_dir(tool_picker, trained_run / "model", device="cpu").predict(text)
 
 
+@pytest.mark.slow
 def test_trained_tool_picker_serves_exactly_what_the_predictor_predicts(trained_run, tool_picker):
     """Through HTTP and the batching engine, the answer is byte-identical to local prediction."""
     text = "billy play some Daft Punk"
@@ -392,6 +393,7 @@ def test_trained_tool_picker_serves_exactly_what_the_predictor_predicts(trained_
 
 # ---- the CLI ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_predict_runs_the_trained_model_locally(trained_run, tool_picker):
     from schemabuild.cli import main
 

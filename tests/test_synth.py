@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from schemabuild.checks import GoldIndex, normalize
+from schemabuild.synth.checks import GoldIndex, normalize
 from schemabuild.cli import main
 from schemabuild.contract import canonical_json, split_chat_row
 from schemabuild.runs import latest_run, read_json, read_jsonl

@@ -9,9 +9,12 @@ import time
 
 import pytest
 
-from schemabuild.cache import TeacherCache
-from schemabuild.teachers import (BatchTeacher, BudgetExceeded, Labelled, OpenAITeacher, TeacherError, make_teacher,
-                                  parse_inputs, price_for)
+from schemabuild.synth.cache import TeacherCache
+from schemabuild.errors import TeacherError
+from schemabuild.synth.api import OpenAITeacher
+from schemabuild.synth.batch import BatchTeacher
+from schemabuild.synth.protocol import BudgetExceeded, Labelled, parse_inputs, price_for
+from schemabuild.synth.teachers import make_teacher
 from tests.fake_openai import fake_openai  # noqa: F401  (the fixture)
 
 TEXTS = ["play some jazz", "weather in Oslo", "thanks billy", "gif of a cat", "timer 5 min"]

@@ -18,7 +18,8 @@ from tests.conftest import write_offline_run
 from schemabuild.config import ConfigError
 from schemabuild.contract import ContractError, encode_example, end_of_turn, load_contract
 from schemabuild.task import TaskError
-from schemabuild.train import TrainConfig, resolve_base, train_run, train_task
+from schemabuild.pipeline import train_task
+from schemabuild.train import TrainConfig, resolve_base, train_run
 
 QUICK = dict(device="cpu", eval=False, max_steps=3, batch_size=4, logging_steps=1, save_steps=10_000)
 
@@ -143,6 +144,7 @@ def test_labels_mask_the_prompt_and_train_the_end_of_turn(tool_picker, tiny_mode
 
 # ---- full training of the tiny base (the shared fixture) ---------------------------------------------------
 
+@pytest.mark.slow
 def test_trained_run_has_what_train_writes(trained_run, tool_picker):
     from safetensors.torch import load_file
 
@@ -164,6 +166,7 @@ def test_trained_run_has_what_train_writes(trained_run, tool_picker):
     assert len(changed) == len(before)
 
 
+@pytest.mark.slow
 def test_trained_model_answers_in_the_contract_format(trained_run, tool_picker):
     """Greedy decoding (no grammar) of training inputs gives JSON, mostly the right tool, and stops at end-of-turn."""
     import torch
@@ -196,6 +199,7 @@ def lora_run(tmp_path_factory, tool_picker, tiny_model_dir):
     return run_dir
 
 
+@pytest.mark.slow
 def test_lora_adapter_written_for_vllm(lora_run, tiny_model_dir):
     model_dir = lora_run / "model"
     assert (model_dir / "adapter_model.safetensors").is_file()
@@ -210,6 +214,7 @@ def test_lora_adapter_written_for_vllm(lora_run, tiny_model_dir):
     assert resolved["lr"] == 1e-3 and resolved["lora_r"] == 16 and resolved["full_training"] is False
 
 
+@pytest.mark.slow
 def test_export_merged_matches_the_adapter(lora_run, tool_picker, tmp_path):
     import torch
     from peft import AutoPeftModelForCausalLM
@@ -227,6 +232,7 @@ def test_export_merged_matches_the_adapter(lora_run, tool_picker, tmp_path):
     assert torch.allclose(peft_logits, merged_logits, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_export_vllm_prints_the_launch_command(lora_run, tool_picker, tmp_path, capsys):
     from schemabuild.train import export_vllm
 
@@ -237,6 +243,7 @@ def test_export_vllm_prints_the_launch_command(lora_run, tool_picker, tmp_path, 
     assert "json_schema" in printed
 
 
+@pytest.mark.slow
 def test_export_vllm_full_model(trained_run, tool_picker, tmp_path, capsys):
     from schemabuild.train import export_vllm
 
@@ -270,6 +277,7 @@ def test_too_few_rows_is_one_line_error(tool_picker, tmp_path):
     assert "\n" not in str(exc.value)
 
 
+@pytest.mark.slow
 def test_examples_longer_than_max_length_are_counted_and_dropped(tool_picker, tmp_path, capsys):
     from transformers import AutoTokenizer
 
@@ -306,15 +314,6 @@ def test_qlora_needs_cuda(tool_picker, tmp_path):
     run_dir = write_offline_run(tool_picker, tmp_path / "runs", copies=1)
     with pytest.raises(ConfigError, match="--qlora"):
         train_run(tool_picker, run_dir, TrainConfig(base="tiny", qlora=True, **QUICK))
-
-
-def test_refine_without_module_or_with_zero(tool_picker, tmp_path, monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "schemabuild.refine" else real(name, *a))
-    with pytest.raises(ConfigError, match="--refine"):
-        train_task(tool_picker, TrainConfig(refine=1, **QUICK), runs_dir=tmp_path / "runs")
 
 
 # ---- the command, kill -9 and --resume, torchrun -----------------------------------------------------------
@@ -416,7 +415,7 @@ def test_gpu_qlora(tool_picker, tiny_model_dir, tmp_path):
 def test_lora_layers_adapts_only_the_top_layers(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from schemabuild.train import lora_config
+    from schemabuild.train.fit import lora_config
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     n = model.config.num_hidden_layers

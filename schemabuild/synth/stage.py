@@ -15,19 +15,20 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import math
 import os
-import random
 import sys
 from pathlib import Path
 
-from schemabuild.checks import overlap_report
-from schemabuild.config import ConfigError
+import click
 
-MAX_ROUNDS = 5
-"""Rounds of generate → label → check before giving up on reaching --n."""
-OVERGENERATE = 1.3
-"""Ask the teacher for this many times the missing rows (checks reject some)."""
+from schemabuild.config import ConfigError, resolved
+from schemabuild.contract import chat_row
+from schemabuild.errors import TaskError
+from schemabuild.runs import Run, cache_path, gold_file, latest_run, new_run, runs_root, set_latest, write_json, write_jsonl
+from schemabuild.synth.checks import count_reasons, overlap_report
+from schemabuild.synth.collect import MAX_ROUNDS, collect, split
+from schemabuild.synth.teachers import expected_teacher, make_teacher
+from schemabuild.task import load_jsonl_examples
 
 
 @dataclasses.dataclass
@@ -105,32 +106,21 @@ class SynthConfig:
 
 # ---- setup helpers ---------------------------------------------------------------------------------
 
-def default_eval_file(task) -> Path | None:
-    """evals/<task>.jsonl next to the folder the task file lives in."""
-    if task.source is None:
-        return None
-    return Path(task.source).resolve().parent.parent / "evals" / f"{task.name}.jsonl"
-
-
 def gold_inputs(task, cfg: SynthConfig) -> tuple[list[str] | None, Path | None]:
     """(gold inputs, their file) to decontaminate against; (None, None) when there is none or it is off."""
     if not cfg.decontaminate:
         return None, None
-    path = Path(cfg.eval_file) if cfg.eval_file else default_eval_file(task)
-    if path is None or not path.is_file():
+    path = Path(cfg.eval_file) if cfg.eval_file else gold_file(task)
+    if not path.is_file():
         return None, None
-    from schemabuild.task import load_jsonl_examples
-
     return [ex.input for ex in load_jsonl_examples(task, path)], path
 
 
 def gold_overlap(task, train_inputs: list[str], gold_path: Path | None) -> dict:
     """`checks.overlap_report` of the training inputs against the gold set and any dev sets (evals/*/<task>.jsonl)."""
-    from schemabuild.task import TaskError, load_jsonl_examples
-
     paths = [gold_path] if gold_path else []
-    default = default_eval_file(task)
-    if default is not None and default.parent.is_dir():
+    default = gold_file(task)
+    if default.parent.is_dir():
         paths += sorted(default.parent.glob(f"*/{task.name}.jsonl"))
     out = {}
     for path in paths:
@@ -172,18 +162,11 @@ def _file_hash(path: Path | None) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path is not None and path.is_file() else None
 
 
-def expected_teacher(cfg: SynthConfig) -> str:
-    """The teacher `make_teacher` picks in this environment."""
-    if not os.environ.get("OPENAI_API_KEY") and not os.environ.get("OPENAI_BASE_URL"):
-        return "offline"
-    return "batch" if cfg.batch else "openai"
-
-
 def data_settings(task, cfg: SynthConfig, teacher: str) -> dict:
     """The settings that change the data (what `data_is_fresh` compares)."""
     eval_path = None
     if cfg.decontaminate:
-        eval_path = Path(cfg.eval_file) if cfg.eval_file else default_eval_file(task)
+        eval_path = Path(cfg.eval_file) if cfg.eval_file else gold_file(task)
     return {
         "n": cfg.n,
         "seed": cfg.seed,
@@ -206,22 +189,28 @@ def data_is_fresh(task, run_dir, cfg: SynthConfig | None = None) -> bool:
     made with now (default settings when None).
     """
     cfg = cfg or SynthConfig()
-    path = Path(run_dir) / "data" / "manifest.json"
-    if not path.is_file() or not (Path(run_dir) / "data" / "train.jsonl").is_file():
-        return False
+    run = Run(run_dir)
+    return run.data_matches(task) and run.manifest().get("settings") == data_settings(task, cfg, expected_teacher(cfg))
+
+
+def run_synth_config(run_dir, **overrides) -> SynthConfig:
+    """The SynthConfig the run's data was made with (data/manifest.json), else the defaults; `overrides` win.
+
+    What `schemabuild train` re-synthesizes with, so a custom teacher, judge or split survives a new --n.
+    """
+    names = {f.name for f in dataclasses.fields(SynthConfig)}
+    saved = (Run(run_dir).manifest() or {}).get("config") or {}
+    settings = {k: v for k, v in saved.items() if k in names and k not in ("run", "from_log", "eval_file")} \
+        if isinstance(saved, dict) else {}
+    settings.update({k: v for k, v in overrides.items() if k in names})
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return False
-    return (manifest.get("complete") is True
-            and manifest.get("fingerprint") == task.fingerprint()
-            and manifest.get("settings") == data_settings(task, cfg, expected_teacher(cfg)))
+        return SynthConfig(**settings)
+    except (TypeError, ValueError):
+        return SynthConfig(**{k: v for k, v in overrides.items() if k in names})
 
 
 def _run_dir(task, cfg: SynthConfig, runs_dir) -> tuple[Path, bool]:
     """(run dir, resumed): --run, else the latest run if its synth never finished, else a new run."""
-    from schemabuild.runs import latest_run, new_run, runs_root, set_latest
-
     if cfg.run:
         path = Path(cfg.run)
         if not path.is_dir() and len(path.parts) == 1:  # a run id
@@ -231,190 +220,51 @@ def _run_dir(task, cfg: SynthConfig, runs_dir) -> tuple[Path, bool]:
             set_latest(path)
         return path, False
     latest = latest_run(task.name, runs_dir)
-    if latest is not None and (latest / "data" / "synth_config.json").is_file() \
-            and not (latest / "data" / "manifest.json").is_file():
+    if latest is not None and Run(latest).synth_config_file.is_file() and not Run(latest).manifest_file.is_file():
         return latest, True
     return new_run(task.name, runs_dir), False
-
-
-# ---- run -------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Outcome:
-    """What the teacher loop produced."""
-
-    candidates: list
-    kept: list
-    rejects: list
-    complete: bool
-    stop_reason: str
-    surplus: int = 0
-
-
-async def _label_all(teacher, task, inputs: list[str], chunk: int, bar) -> list:
-    """Label in chunks (a budget stop loses at most one chunk's unfinished calls); BudgetExceeded carries the rows."""
-    from schemabuild.teachers import BudgetExceeded
-
-    done: list = []
-    for start in range(0, len(inputs), chunk):
-        part = inputs[start:start + chunk]
-        try:
-            rows = await teacher.label(task, part)
-        except BudgetExceeded as exc:
-            finished = [r for r in (exc.results or []) if r.error != "budget reached"]
-            exc.results = done + finished
-            raise
-        done.extend(rows)
-        bar.update(len(part))
-    return done
-
-
-async def _collect(task, cfg: SynthConfig, teacher, gold: list[str] | None, log_inputs: list[str]) -> Outcome:
-    """Rounds of generate → label → check until --n pairs pass, the teacher runs dry, or the budget stops it."""
-    from tqdm.auto import tqdm
-
-    from schemabuild.checks import Candidate, apply_judge, check_rows
-    from schemabuild.contract import canonical_json
-    from schemabuild.teachers import BudgetExceeded
-
-    candidates = [Candidate(ex.input, canonical_json(ex.output), "example") for ex in task.examples]
-    seen = {c.input for c in candidates}
-    scores: dict[str, float | None] = {}
-    chunk = 10**9 if teacher.name == "batch" else max(32, cfg.concurrency * 4)
-    kept, rejects, complete, stop = [], [], True, ""
-
-    def check():
-        nonlocal kept, rejects
-        kept, rejects = check_rows(task, candidates, dedup_threshold=cfg.dedup_threshold, gold_inputs=gold)
-
-    async def judge():
-        nonlocal kept, rejects
-        if not cfg.judge or teacher.name == "offline":
-            return
-        todo = [r for r in kept if r.source != "example" and r.input not in scores]
-        stopped = None
-        if todo:
-            try:
-                got = await teacher.judge(task, [(r.input, canonical_json(r.output)) for r in todo])
-            except BudgetExceeded as exc:  # apply the scores that came back, then stop
-                got, stopped = exc.results or [], exc
-            scores.update({r.input: s for r, s in zip(todo, got) if s is not None})
-        judged = [r for r in kept if r.source != "example"]
-        kept_j, rejects_j = apply_judge(judged, [scores.get(r.input) for r in judged], cfg.judge_min)
-        kept = [r for r in kept if r.source == "example"] + kept_j
-        rejects = rejects + rejects_j
-        if stopped is not None:
-            raise stopped
-
-    async def label(inputs: list[str], source: str, desc: str) -> None:
-        """Label `inputs` into candidates; on a budget stop, keep what came back before re-raising."""
-        rows: list = []
-        with tqdm(total=len(inputs), desc=desc, unit="pair", disable=None) as bar:
-            try:
-                rows = await _label_all(teacher, task, inputs, chunk, bar)
-            except BudgetExceeded as exc:
-                rows = exc.results or []
-                raise
-            finally:
-                candidates.extend(Candidate(r.input, r.raw, source, r.error) for r in rows)
-
-    try:
-        new_logs = [x for x in log_inputs if x not in seen]
-        if new_logs:
-            seen.update(new_logs)
-            await label(new_logs, "log", "label logged inputs")
-        for rnd in range(MAX_ROUNDS):
-            check()
-            await judge()
-            missing = cfg.n - len(kept)
-            if missing <= 0:
-                break
-            ask = math.ceil(missing * OVERGENERATE)
-            inputs = await teacher.generate_inputs(task, ask, cfg.seed + rnd)
-            fresh = [x for x in inputs if x not in seen]
-            if not fresh:
-                stop = f"the teacher produced no new inputs in round {rnd + 1}"
-                break
-            seen.update(fresh)
-            await label(fresh, "teacher", f"label (round {rnd + 1})")
-        else:
-            check()
-            await judge()
-            stop = f"{MAX_ROUNDS} rounds" if len(kept) < cfg.n else ""
-    except BudgetExceeded as exc:
-        complete, stop = False, f"budget reached ({exc})"
-        check()
-        try:
-            await judge()
-        except BudgetExceeded:
-            pass
-    surplus = 0
-    if len(kept) > cfg.n:  # keep every example and log row; trim teacher rows in order
-        fixed = [r for r in kept if r.source != "teacher"]
-        room = max(0, cfg.n - len(fixed))
-        synth_rows = [r for r in kept if r.source == "teacher"]
-        surplus = max(0, len(synth_rows) - room)
-        keep = {id(r) for r in synth_rows[:room]}
-        kept = [r for r in kept if r.source != "teacher" or id(r) in keep]
-    return Outcome(candidates, kept, rejects, complete, stop, surplus)
-
-
-def split(rows: list, val_fraction: float, seed: int) -> tuple[list, list]:
-    """Seeded train/val split; the task's own examples always go to train."""
-    fixed = [r for r in rows if r.source == "example"]
-    rest = [r for r in rows if r.source != "example"]
-    rng = random.Random(seed)
-    rng.shuffle(rest)
-    n_val = round(len(rest) * val_fraction)
-    if val_fraction > 0 and n_val == 0 and len(rest) >= 2:
-        n_val = 1
-    val, train = rest[:n_val], fixed + rest[n_val:]
-    rng.shuffle(train)
-    return train, val
 
 
 # ---- the stage -------------------------------------------------------------------------------------
 
 def synthesize(task, cfg: SynthConfig, runs_dir=None) -> Path:
     """Synthesize, check and save a training set for `task`; returns the run directory."""
-    import click
-
-    from schemabuild.checks import count_reasons
-    from schemabuild.config import resolved
-    from schemabuild.contract import chat_row
-    from schemabuild.runs import cache_path, write_json, write_jsonl
-    from schemabuild.teachers import make_teacher
-
     # setup
     gold, gold_path = gold_inputs(task, cfg)
     log_inputs = read_log_inputs(cfg.from_log) if cfg.from_log else []
     run_dir, resumed = _run_dir(task, cfg, runs_dir)
-    data_dir = run_dir / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "manifest.json").unlink(missing_ok=True)
-    write_json(data_dir / "synth_config.json", resolved(cfg))
+    run = Run(run_dir)
+    run.data.mkdir(parents=True, exist_ok=True)
+    run.manifest_file.unlink(missing_ok=True)
+    write_json(run.synth_config_file, resolved(cfg))
     if resumed:
         click.echo(f"resuming {run_dir} (its synthesis did not finish; finished teacher calls come from the cache)", err=True)
     if cfg.decontaminate and gold is None:
-        click.echo(f"note: no gold set at {cfg.eval_file or default_eval_file(task)}; skipping decontamination", err=True)
+        click.echo(f"note: no gold set at {cfg.eval_file or gold_file(task)}; skipping decontamination", err=True)
     teacher = make_teacher(task, cfg, cache_path(runs_dir))
 
     # run
-    outcome = asyncio.run(_collect(task, cfg, teacher, gold, log_inputs))
+    outcome = asyncio.run(collect(task, cfg, teacher, gold, log_inputs))
     train, val = split(outcome.kept, cfg.val_fraction, cfg.seed)
 
     # save
-    n_train = write_jsonl(data_dir / "train.jsonl", (chat_row(task, r.input, r.output) for r in train))
-    n_val = write_jsonl(data_dir / "val.jsonl", (chat_row(task, r.input, r.output) for r in val))
-    write_jsonl(data_dir / "rejects.jsonl", (r.to_dict() for r in outcome.rejects))
+    n_train = write_jsonl(run.train_file, (chat_row(task, r.input, r.output) for r in train))
+    n_val = write_jsonl(run.val_file, (chat_row(task, r.input, r.output) for r in val))
+    write_jsonl(run.rejects_file, (r.to_dict() for r in outcome.rejects))
+    manifest = _manifest(task, cfg, teacher, outcome, log_inputs, train, n_train, n_val, gold_path)
+    write_json(run.manifest_file, manifest)
+    _report(cfg, teacher, outcome, manifest, run)
+    return run_dir
+
+
+def _manifest(task, cfg: SynthConfig, teacher, outcome, log_inputs, train, n_train, n_val, gold_path) -> dict:
+    """data/manifest.json: counts, reasons, teacher and cost, task fingerprint, the settings, gold overlap."""
     by_stage, by_reason = count_reasons(outcome.rejects)
-    ledger = teacher.ledger()
     note = teacher.note() if callable(getattr(teacher, "note", None)) else None
-    reached = len(outcome.kept) >= cfg.n
-    manifest = {
+    return {
         "task": task.name,
         "complete": outcome.complete,
-        "reached_n": reached,
+        "reached_n": len(outcome.kept) >= cfg.n,
         "stop_reason": outcome.stop_reason or None,
         "counts": {
             "requested": cfg.n,
@@ -430,7 +280,7 @@ def synthesize(task, cfg: SynthConfig, runs_dir=None) -> Path:
         "rejected_by_stage": by_stage,
         "rejected_by_reason": by_reason,
         "teacher": {"name": teacher.name, "model": teacher.model, **({"note": note} if note else {})},
-        "ledger": ledger,
+        "ledger": teacher.ledger(),
         "fingerprint": task.fingerprint(),
         "settings": data_settings(task, cfg, teacher.name),
         "seeds": {"generate": [cfg.seed + r for r in range(MAX_ROUNDS)], "split": cfg.seed},
@@ -439,9 +289,10 @@ def synthesize(task, cfg: SynthConfig, runs_dir=None) -> Path:
         "config": resolved(cfg),
         "versions": _versions(),
     }
-    write_json(data_dir / "manifest.json", manifest)
 
-    # report
+
+def _report(cfg: SynthConfig, teacher, outcome, manifest: dict, run: Run) -> None:
+    ledger, by_reason, counts = manifest["ledger"], manifest["rejected_by_reason"], manifest["counts"]
     click.echo(f"teacher {teacher.name} ({teacher.model}): {len(outcome.candidates)} candidates, "
                f"{len(outcome.kept)} kept, {len(outcome.rejects)} rejected"
                + (f", ${ledger.get('cost_usd', 0):.4f}" if teacher.name != "offline" else ""))
@@ -449,10 +300,9 @@ def synthesize(task, cfg: SynthConfig, runs_dir=None) -> Path:
     if not outcome.complete:
         click.echo(f"stopped early: {outcome.stop_reason}; saved what was labelled ({len(outcome.kept)} pairs), "
                    "manifest says complete: false. Rerun with a higher --budget-usd to continue from the cache.")
-    elif not reached:
+    elif not manifest["reached_n"]:
         click.echo(f"only {len(outcome.kept)} of --n {cfg.n} pairs: {outcome.stop_reason or 'the checks rejected the rest'}")
-    click.echo(f"wrote {n_train} train + {n_val} val rows to {data_dir}")
-    return run_dir
+    click.echo(f"wrote {counts['train']} train + {counts['val']} val rows to {run.data}")
 
 
 def _versions() -> dict:
@@ -473,37 +323,3 @@ def _table(kept: int, by_reason: dict[str, int]) -> str:
     return "\n".join(f"  {k:<{width}}  {v:>6}" for k, v in rows)
 
 
-# ---- export ----------------------------------------------------------------------------------------
-
-def export_dataset(task, run_dir, fmt: str, out=None) -> Path:
-    """Write train.jsonl and val.jsonl of a run's data in `fmt` (openai, sharegpt, alpaca); returns the folder."""
-    import click
-
-    from schemabuild.contract import split_chat_row
-    from schemabuild.runs import read_jsonl, write_jsonl
-
-    if fmt not in ("openai", "sharegpt", "alpaca"):
-        raise ConfigError(f"--format: {fmt!r} is not a dataset format (openai, sharegpt, alpaca)")
-    data = Path(run_dir) / "data"
-    if not (data / "train.jsonl").is_file():
-        from schemabuild.task import TaskError
-
-        raise TaskError(f"{data} has no train.jsonl; run `schemabuild synth {task.name}` first")
-    out = Path(out) if out else Path(run_dir) / "export" / fmt
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder")
-
-    def convert(row: dict) -> dict:
-        if fmt == "openai":
-            return row
-        system, user, target = split_chat_row(row)
-        if fmt == "sharegpt":
-            return {"conversations": [{"from": "system", "value": system}, {"from": "human", "value": user},
-                                      {"from": "gpt", "value": target}]}
-        return {"instruction": system, "input": user, "output": target}
-
-    for name in ("train", "val"):
-        src = data / f"{name}.jsonl"
-        write_jsonl(out / f"{name}.jsonl", (convert(r) for r in read_jsonl(src)) if src.is_file() else ())
-    click.echo(f"wrote {fmt} dataset to {out}/ (train.jsonl, val.jsonl)")
-    return out

@@ -31,8 +31,9 @@ import re
 from collections import defaultdict
 from typing import Any
 
-from schemabuild.checks import NearDupIndex, normalize, shingles
 from schemabuild.contract import canonical_json
+from schemabuild.synth.checks import NearDupIndex, normalize, shingles
+from schemabuild.synth.protocol import Labelled
 
 FILLERS_BEFORE = ["hey ", "yo ", "ok ", "pls ", "hi ", "um ", "so ", "hmm ", "oh ", "alright "]
 FILLERS_AFTER = [" pls", " please", " thanks", " thx", " lol", " :)", " 🙏", " 😊", " asap", " rn", " 🔥", " 😂", " 👀",
@@ -422,8 +423,6 @@ class OfflineTeacher:
         return [text for text, _ in pairs]
 
     async def label(self, task, inputs: list[str]) -> list:
-        from schemabuild.teachers import Labelled
-
         return [Labelled(x, self.labels[x]) if x in self.labels else
                 Labelled(x, None, "the offline teacher labels only inputs it built; set OPENAI_API_KEY or OPENAI_BASE_URL")
                 for x in inputs]

@@ -8,8 +8,11 @@ Used when no hub model can be had (offline) and by the tests. Saved with `save_p
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Iterable
+
+from schemabuild.contract import canonical_json, student_prompt
 
 IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|pad|>"
 
@@ -69,10 +72,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
 
 def task_texts(task, extra: Iterable[str] = ()) -> list[str]:
     """The text a tiny tokenizer is trained on: instructions, examples, hints, schema and `extra` inputs."""
-    import json
-
-    from schemabuild.contract import canonical_json
-
     texts = [task.instructions, json.dumps(task.output.model_json_schema())]
     for ex in task.examples:
         texts += [ex.input, canonical_json(ex.output)]
@@ -94,7 +93,6 @@ def build_tiny(task, out_dir: str | Path, extra_texts: Iterable[str] = (), confi
     # which makes the tiny model's training ~5x cheaper. Any other text still tokenizes byte-level BPE.
     from tokenizers import AddedToken
 
-    from schemabuild.contract import student_prompt
 
     tokenizer.add_tokens([AddedToken(text, normalized=False, special=False)
                           for text in (student_prompt(task), task.instructions)])

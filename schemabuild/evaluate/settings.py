@@ -1,0 +1,71 @@
+"""Settings of `schemabuild eval` (each field a CLI flag) and the `--min METRIC=VALUE` parser."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from schemabuild.errors import ConfigError
+
+COMPARE_WITH = ("base", "teacher")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """Settings of `schemabuild eval` (each field is a CLI flag)."""
+    run: str | None = None
+    """Run directory or run id [default: the task's latest run]."""
+    data: Path | None = None
+    """Gold set (JSONL of {"input", "output"} rows) [default: evals/<task>.jsonl beside the tasks folder]."""
+    compare: list[str] = dataclasses.field(default_factory=list)
+    """Also score `base` (the un-fine-tuned base model) or `teacher` (the synthesis teacher) on the same rows."""
+    min: list[str] = dataclasses.field(default_factory=list)
+    """Gate threshold METRIC=VALUE, e.g. json_valid=1.0, schema_valid=1.0, field.tool=0.9, exact_match=0.5."""
+    baseline: Path | None = None
+    """An older report.json: any metric that drops by more than --tolerance fails the gate."""
+    tolerance: float = 0.02
+    """Largest drop against --baseline that still passes."""
+    batch_size: int = 16
+    """Inputs decoded together."""
+    limit: int | None = None
+    """Score only the first N rows (a quick check)."""
+    out: Path | None = None
+    """Report folder [default: <run>/eval]."""
+    def __post_init__(self) -> None:
+        self.compare = list(self.compare or [])
+        self.min = list(self.min or [])
+        for name in self.compare:
+            if name not in COMPARE_WITH:
+                raise ConfigError(f"--compare {name}: expected one of {', '.join(COMPARE_WITH)}")
+        self.thresholds = parse_min(self.min)
+        if self.tolerance is None or not self.tolerance >= 0:
+            raise ConfigError(f"--tolerance {self.tolerance}: must be >= 0")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size {self.batch_size}: must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit {self.limit}: must be >= 1")
+        for name in ("data", "baseline", "out"):
+            if getattr(self, name) is not None:
+                setattr(self, name, Path(getattr(self, name)))
+
+
+def parse_min(specs) -> dict[str, float]:
+    """{"field.tool": 0.9} from ["field.tool=0.9"]; a bad spec is a ConfigError naming --min."""
+    if isinstance(specs, dict):
+        specs = [f"{k}={v}" for k, v in specs.items()]
+    out: dict[str, float] = {}
+    for spec in specs:
+        name, sep, value = str(spec).partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"--min {spec!r}: expected METRIC=VALUE, e.g. field.tool=0.9")
+        try:
+            threshold = float(value)
+        except ValueError:
+            raise ConfigError(f"--min {spec!r}: {value.strip()!r} is not a number") from None
+        if not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"--min {spec!r}: the threshold must be between 0 and 1")
+        out[name] = threshold
+    return out
+

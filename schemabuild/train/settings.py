@@ -1,0 +1,124 @@
+"""Settings of `schemabuild train`: one dataclass (each field a CLI flag) and the defaults measured per kind of base."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from schemabuild.errors import ConfigError
+
+MAX_LORA_RANK = 64  # vLLM's --max-lora-rank ceiling
+# Tiny bases have random weights: they are trained fully, with their own defaults, tuned on tool_picker (offline
+# synth n=1000, 2 CPU cores; see BENCHMARKS.md "Training"): more, smaller steps at 1e-3 beat 2e-3 at batch 16.
+# 8 epochs since the offline teacher fills slots with invented words: on its data 8 epochs matched 12 on gold tool
+# accuracy (0.84-0.91 vs 0.82-0.93, seeds 0-2) and never left an output unfinished (12 did on one seed).
+TINY_DEFAULTS = {"lr": 1e-3, "epochs": 8.0, "batch_size": 8}
+# LoRA on a pretrained base (SmolLM2-135M on 2 CPU cores; see BENCHMARKS.md "Real base"): r=8 at 2e-4 was far from
+# converged after two epochs, r=16 at 1e-3 reached loss 0.06 within one.
+LORA_DEFAULTS = {"lr": 1e-3, "epochs": 2.0, "batch_size": 8, "lora_r": 16}
+# A near-byte-level tokenizer for the tiny base: every word, seen in training or not, is made of pieces the model
+# was trained on, so it learns to copy and to read unseen words (gold tool accuracy 0.66 at 512, 0.82-0.91 at 384).
+TINY_VOCAB = 384
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Settings of `schemabuild train` (each field is a CLI flag)."""
+
+    base: str = "auto"
+    """Base model: a hub id, a local path, `tiny` (embedded, trained fully), or `auto` (Qwen2.5-0.5B-Instruct when
+    it can be had, else tiny)."""
+    epochs: float | None = None
+    """Training epochs [default: 3 with LoRA, 8 for the tiny base]."""
+    lr: float | None = None
+    """Peak learning rate [default: 2e-4 with LoRA, 1e-3 for the tiny base (full training)]."""
+    lora_r: int | None = None
+    """LoRA rank, at most 64 (vLLM's limit) [default: 16]."""
+    lora_alpha: int | None = None
+    """LoRA alpha (scaling = alpha / r) [default: 2 x rank]."""
+    lora_dropout: float = 0.05
+    """LoRA dropout."""
+    lora_targets: str = "all-linear"
+    """Modules LoRA adapts: `all-linear` or a comma-separated list of module names."""
+    lora_layers: int = 0
+    """Adapt only the top N transformer layers (0 = all): backward then stops there, so steps are cheaper."""
+    batch_size: int | None = None
+    """Sequences per device per step [default: 16 with LoRA, 8 for the tiny base]."""
+    grad_accum: int = 1
+    """Gradient accumulation steps."""
+    max_length: int | None = None
+    """Longest example in tokens; longer ones are counted and dropped with a warning [default: the longest in the data]."""
+    warmup_ratio: float = 0.05
+    """Fraction of steps spent warming the learning rate up."""
+    scheduler: str = "cosine"
+    """Learning-rate schedule (a transformers scheduler name: cosine, linear, constant, ...)."""
+    seed: int = 0
+    """Random seed (weights init of the tiny base, shuffling, dropout; also passed to synthesis)."""
+    packing: bool = False
+    """Pack examples into --max-length blocks (padding-free). Off by default: measured slower on CPU (bench/train.py)."""
+    gradient_checkpointing: bool = True
+    """Trade compute for memory on GPU (ignored on CPU)."""
+    qlora: bool = False
+    """Load the base in 4 bits (needs CUDA and bitsandbytes)."""
+    trust_remote_code: bool = False
+    """Allow a hub model's own Python code to run (off: only architectures transformers knows)."""
+    report_to: str = "none"
+    """Experiment tracking: none, tensorboard or wandb (passed to the Trainer)."""
+    resume: bool = False
+    """Continue the latest run (or --run) from its last checkpoint."""
+    run: str | None = None
+    """Train in this run directory or run id [default: the latest run if its data is fresh and untrained, else a new run]."""
+    n: int | None = None
+    """Training pairs to synthesize [default: reuse the latest run's fresh data whatever its size; 1000 when there is
+    none]. A different --n than the data has asks for new data (made with the same teacher settings)."""
+    refine: int = 0
+    """Rounds of error-driven refinement after the first evaluation (0 = none)."""
+    eval: bool = True
+    """Evaluate on the gold set at the end."""
+    device: str = "auto"
+    """auto (CUDA when available), cuda or cpu."""
+    save_steps: int = 50
+    """Write a checkpoint every this many optimizer steps (what --resume continues from)."""
+    logging_steps: int = 10
+    """Print and log the loss every this many steps."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1 = run all epochs)."""
+
+    def __post_init__(self) -> None:
+        if not str(self.base).strip():
+            raise ConfigError("--base: give a hub id, a local path, `tiny` or `auto`")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ConfigError(f"--epochs: must be > 0, got {self.epochs}")
+        if self.lr is not None and not 0 < self.lr < 1:
+            raise ConfigError(f"--lr: must be in (0, 1), got {self.lr}")
+        if self.lora_r is not None and not 1 <= self.lora_r <= MAX_LORA_RANK:
+            raise ConfigError(f"--lora-r: must be between 1 and {MAX_LORA_RANK} (vLLM's --max-lora-rank limit), got {self.lora_r}")
+        if self.lora_alpha is not None and self.lora_alpha < 1:
+            raise ConfigError(f"--lora-alpha: must be >= 1, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"--lora-dropout: must be in [0, 1), got {self.lora_dropout}")
+        if self.lora_layers < 0:
+            raise ConfigError(f"--lora-layers: must be >= 0 (0 = all layers), got {self.lora_layers}")
+        if not self.lora_targets.strip():
+            raise ConfigError("--lora-targets: give `all-linear` or module names such as q_proj,v_proj")
+        for name in ("batch_size", "grad_accum", "save_steps", "logging_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
+        if self.max_length is not None and self.max_length < 8:
+            raise ConfigError(f"--max-length: must be >= 8 tokens, got {self.max_length}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"--warmup-ratio: must be in [0, 1), got {self.warmup_ratio}")
+        schedulers = {"linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                      "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay"}
+        if self.scheduler not in schedulers:
+            raise ConfigError(f"--scheduler: unknown schedule {self.scheduler!r} (one of {', '.join(sorted(schedulers))})")
+        if self.report_to not in ("none", "tensorboard", "wandb"):
+            raise ConfigError(f"--report-to: one of none, tensorboard, wandb; got {self.report_to!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device: one of auto, cpu, cuda; got {self.device!r}")
+        if self.n is not None and self.n < 1:
+            raise ConfigError(f"--n: must be >= 1, got {self.n}")
+        if self.refine < 0:
+            raise ConfigError(f"--refine: must be >= 0, got {self.refine}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"--max-steps: -1 (all epochs) or >= 1, got {self.max_steps}")
+
