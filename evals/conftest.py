@@ -1,8 +1,8 @@
 """Eval gates for CI: `pytest evals/` scores the task's trained model on its gold set (evals/<task>.jsonl).
 
 The model is the latest run under ./runs (or $SCHEMABUILD_RUNS) when it is fresh for the task file as it is
-now; otherwise one is trained first with `schemabuild train`'s defaults (offline: the embedded tiny model on
-recombined examples). Cache ./runs between CI jobs to skip that training.
+now; otherwise one is trained first with `schemabuild train`'s defaults (offline: LoRA on SmolLM2-135M from the
+package registry, on recombined examples). Cache ./runs (and ~/.cache/schemabuild) between CI jobs to skip that.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 EVAL_TRAIN = {"n": int(os.environ["SCHEMABUILD_EVAL_N"])} if os.environ.get("SCHEMABUILD_EVAL_N") else {}
-"""Settings for a run the gate has to train: `schemabuild train`'s own defaults (the README's main command,
-about 1.5 min offline on 2 CPU cores), unless SCHEMABUILD_EVAL_N asks for fewer synthesized pairs."""
+"""Settings for a run the gate has to train: `schemabuild train`'s own defaults (the README's main command; minutes
+on 2 CPU cores, see README), unless SCHEMABUILD_EVAL_N asks for fewer synthesized pairs."""
 
 
 @pytest.fixture(scope="session")

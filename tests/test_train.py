@@ -374,13 +374,14 @@ def test_torchrun_two_processes_on_cpu(tool_picker, tmp_path):
 
 @pytest.mark.slow
 def test_cli_train_runs_the_whole_chain(tmp_path):
-    """`schemabuild train tool_picker`: synthesizes offline, trains the tiny base, evaluates, prints the summary."""
+    """`schemabuild train tool_picker`: synthesizes offline, takes the registry base (auto, offline), LoRA, evaluates."""
     cmd = [sys.executable, "-m", "schemabuild.cli", "train", "tool_picker", "--n", "80", "--max-steps", "6",
            "--batch-size", "4", "--device", "cpu"]
     done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run_dir = Path(done.stdout.split("serve:  schemabuild serve tool_picker --run ")[1].split()[0])
-    assert "base: the embedded tiny model" in done.stdout
+    assert "cannot be had (offline or not cached); using smollm2-135m" in done.stdout  # the ladder, announced
+    assert json.loads((run_dir / "model" / "contract.json").read_text())["base_model"] == "smollm2-135m"
     assert (run_dir / "data" / "train.jsonl").is_file() and (run_dir / "model" / "contract.json").is_file()
     assert (run_dir / "eval" / "report.json").is_file()
     assert f"model:  {run_dir / 'model'}" in done.stdout

@@ -188,7 +188,7 @@ def evaluate_run(task, run_dir, quiet: bool = False, **settings) -> dict:
 
 def assert_gate(task_name: str, min: dict[str, float] | None = None, run: str | None = None, data=None,
                 baseline=None, tolerance: float = 0.02, runs_dir=None, tasks_dir=None, limit: int | None = None,
-                compare: list[str] | None = None) -> dict:
+                compare: list[str] | None = None, out=None) -> dict:
     """For pytest: evaluate the task's latest (or given) run and fail the test with one line per failed threshold.
 
         from schemabuild.evaluate import assert_gate
@@ -199,7 +199,7 @@ def assert_gate(task_name: str, min: dict[str, float] | None = None, run: str | 
 
     task = load_task(task_name, tasks_dir)
     cfg = EvalConfig(run=str(run) if run else None, data=data, min=[f"{k}={v}" for k, v in (min or {}).items()],
-                     baseline=baseline, tolerance=tolerance, limit=limit, compare=list(compare or []))
+                     baseline=baseline, tolerance=tolerance, limit=limit, compare=list(compare or []), out=out)
     report = evaluate(task, cfg, runs_dir, quiet=True)
     if not report["gate"]["passed"]:
         raise AssertionError(f"{task_name} eval gate failed (report: {report['out']}/report.md)\n"
