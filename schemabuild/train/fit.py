@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -315,18 +316,21 @@ def _save(task, run: Run, trainer, tokenizer, plan: Plan, summary: dict, main: b
 
 
 def lora_config(model, cfg: TrainConfig, r: int, alpha: int):
-    """The PEFT LoraConfig: `--lora-targets` on all layers, or on the top `--lora-layers` of them."""
+    """The PEFT LoraConfig: `--lora-targets` on the top `--lora-layers` layers (default: the top half; 0 = all)."""
     from peft import LoraConfig
 
     targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
+    n = getattr(model.config, "num_hidden_layers", None)
+    count = cfg.lora_layers
+    if count is None:  # the default: the top fraction of the layers when the config says how many there are
+        count = math.ceil(n * LORA_DEFAULTS["layers_fraction"]) if n and LORA_DEFAULTS["layers_fraction"] < 1 else 0
     layers = None
-    if cfg.lora_layers:
-        n = getattr(model.config, "num_hidden_layers", None)
+    if count:
         if not n:
             raise ConfigError("--lora-layers: this model's config does not say how many layers it has; use 0 (all)")
-        if cfg.lora_layers > n:
-            raise ConfigError(f"--lora-layers {cfg.lora_layers}: the model has {n} layers")
-        layers = list(range(n - cfg.lora_layers, n))
+        if count > n:
+            raise ConfigError(f"--lora-layers {count}: the model has {n} layers")
+        layers = list(range(n - count, n))
         if targets == "all-linear":  # PEFT takes a layer list only with module names: the linear layers inside blocks
             import torch
 
