@@ -128,3 +128,38 @@ def server(quick):
     """A real server on loopback serving `quick`."""
     with running_server([quick.task], [quick.model_dir]) as srv:
         yield srv
+
+
+@contextlib.contextmanager
+def serve_process(args: list[str], env: dict | None = None, wait_s: float = 180) -> Iterator[tuple[str, Any]]:
+    """`schemabuild serve ARGS` as a real process on a free loopback port: yields (url, process) once /healthz
+    answers; terminates it afterwards (its output is then `process.output`)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "schemabuild", "serve", *args, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                if httpx.get(url + "/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, f"the server did not answer /healthz within {wait_s:.0f}s"
+        yield url, proc
+    finally:
+        proc.terminate()
+        proc.output, _ = proc.communicate(timeout=30)

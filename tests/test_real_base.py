@@ -9,17 +9,14 @@ catches a wrong base), not its accuracy, which BENCHMARKS.md measures.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 
 from tests.conftest import write_offline_run
+from tests.serving import serve_process
 
 pytestmark = pytest.mark.slow
 
@@ -93,22 +90,7 @@ def test_adapter_serves_over_http(real_run, tool_picker):
     """`schemabuild serve` as a real process on the real base: predict and the openai client both answer."""
     from openai import OpenAI
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "schemabuild", "serve", "tool_picker", "--run", str(real_run),
-                             "--port", str(port), "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(1800):
-            try:
-                if httpx.get(url + "/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-            assert proc.poll() is None, proc.stdout.read()
+    with serve_process(["tool_picker", "--run", str(real_run), "--device", "cpu"], wait_s=600) as (url, _):
         r = httpx.post(f"{url}/v1/tasks/tool_picker/predict", json={"input": TEXTS[0]}, timeout=120)
         assert r.status_code == 200, r.text
         tool_picker.validate_output(r.json()["output"])
@@ -116,6 +98,3 @@ def test_adapter_serves_over_http(real_run, tool_picker):
         done = client.chat.completions.parse(model="tool_picker", response_format=tool_picker.output,
                                              messages=[{"role": "user", "content": TEXTS[1]}])
         assert isinstance(done.choices[0].message.parsed, tool_picker.output)
-    finally:
-        proc.terminate()
-        proc.wait(30)

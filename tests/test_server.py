@@ -411,34 +411,14 @@ def test_cli_predict_runs_the_trained_model_locally(trained_run, tool_picker):
 @pytest.mark.slow
 def test_cli_serve_answers_over_http(quick, tmp_path):
     """`schemabuild serve` as a real process: it binds loopback, answers, and stops on SIGTERM."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
+    from tests.serving import serve_process
 
     run = tmp_path / "runs" / "quick_pick" / "r1"
     shutil.copytree(quick.model_dir, run / "model")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SCHEMABUILD_TASKS": str(quick.tasks_dir)}
-    proc = subprocess.Popen([sys.executable, "-m", "schemabuild", "serve", "quick_pick", "--run", "r1",
-                             "--runs-dir", str(tmp_path / "runs"), "--port", str(port), "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(1200):
-            try:
-                if httpx.get(url + "/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-            assert proc.poll() is None, proc.stdout.read()
+    args = ["quick_pick", "--run", "r1", "--runs-dir", str(tmp_path / "runs"), "--device", "cpu"]
+    with serve_process(args, {"SCHEMABUILD_TASKS": str(quick.tasks_dir)}) as (url, proc):
         r = post(url, PREDICT, {"input": "play some jazz"})
         assert r.status_code == 200, r.text
         quick.task.validate_output(r.json()["output"])
-    finally:
-        proc.terminate()
-        out, _ = proc.communicate(timeout=30)
+    out = proc.output
     assert f"serving quick_pick at {url}" in out

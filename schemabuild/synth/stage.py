@@ -35,8 +35,9 @@ from schemabuild.task import load_jsonl_examples
 class SynthConfig:
     """Settings of `schemabuild synth` (each field is a CLI flag)."""
 
-    n: int = 1000
-    """How many training pairs to aim for (the task's examples included)."""
+    n: int = 800
+    """How many training pairs to aim for (the task's examples included). 800: one LoRA epoch over them fits the
+    main job's CPU budget (BENCHMARKS.md "Real base")."""
     seed: int = 0
     """Random seed for input generation and the train/val split."""
     teacher_model: str = "gpt-4o-mini"

@@ -316,7 +316,7 @@ def _save(task, run: Run, trainer, tokenizer, plan: Plan, summary: dict, main: b
 
 
 def lora_config(model, cfg: TrainConfig, r: int, alpha: int):
-    """The PEFT LoraConfig: `--lora-targets` on the top `--lora-layers` layers (default: the top half; 0 = all)."""
+    """The PEFT LoraConfig: `--lora-targets` on the top `--lora-layers` layers (0 = all, the default)."""
     from peft import LoraConfig
 
     targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
