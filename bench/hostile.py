@@ -82,7 +82,7 @@ def schema_cases() -> list[Case]:
     add("recursive child required", {"type": "object", "properties": {"child": {"$ref": "#"}}, "required": ["child"]},
         ("finite instance",))
     add("$ref #", {"$ref": "#"}, ("$ref",))
-    add("$ref # in allOf", {"allOf": [{"$ref": "#"}]}, ("$ref", "finite"))
+    add("$ref # in allOf", {"allOf": [{"$ref": "#"}]}, ("$ref", "finite", "allOf"))
     add("mutual recursion, no finite instance",
         {"$defs": {"a": {"type": "object", "properties": {"b": {"$ref": "#/$defs/b"}}, "required": ["b"]},
                    "b": {"type": "object", "properties": {"a": {"$ref": "#/$defs/a"}}, "required": ["a"]}},
@@ -472,7 +472,7 @@ def judge(case: Case, r) -> tuple[str, str]:
         words = tuple(_keys(case.schema)) + ("limit",)
     if words and not any(w.lower() in msg.lower() for w in words):
         return "refused_unnamed", f"{r.status_code} {msg[:160]}"
-    return "refused_ok", f"{r.status_code} {err['code']}"
+    return "refused_ok", f"{r.status_code} {err['code']}"  # detail: counted by status and code
 
 
 def _keys(schema, depth=0):
@@ -545,7 +545,7 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = start_server(tasks, run, port, work / "server.log")
-    outcomes, statuses, problems = Counter(), Counter(), []
+    outcomes, statuses, codes, problems = Counter(), Counter(), Counter(), []
     t_start = time.monotonic()
     sent = 0
     try:
@@ -568,6 +568,8 @@ def main() -> None:
                 sent += 1
                 statuses[status] += 1
                 outcomes[outcome] += 1
+                if outcome == "refused_ok":
+                    codes[detail] += 1
                 took = time.perf_counter() - t0
                 if outcome in ("5XX", "INVALID200", "refused_unnamed", "bad_error_body", "TRANSPORT"):
                     problems.append((case.name, status, detail))
@@ -604,6 +606,7 @@ def main() -> None:
           f"{outcomes['cut200']} cut off at max_tokens")
     print(f"  refusals          {outcomes['refused_ok']} naming the keyword/limit/field, "
           f"{outcomes['refused_unnamed']} not naming it, {outcomes['bad_error_body']} with a malformed error body")
+    print(f"  refusals by code  {dict(codes.most_common())}")
     print(f"  server peak RSS   {peak_mb:.0f} MB (process), {tree_mb:.0f} MB now with compile children")
     for line in metrics.splitlines():
         if line.startswith(("schemabuild_schema_violations", "schemabuild_grammar")):
