@@ -236,8 +236,9 @@ def main() -> None:
           f"xgrammar alone (as written): {len(unsound_xgr)} {dict(Counter(unsound_xgr))}")
     print(f"  compile p50/p99: server (walk + child compile) {pct(t_server, 50)} / {pct(t_server, 99)}; "
           f"xgrammar alone {pct(t_xgr, 50)} / {pct(t_xgr, 99)}; llguidance alone {pct(t_llg, 50)} / {pct(t_llg, 99)}")
-    for family, schema, out in unsound_server[:3]:
-        print("  UNSOUND", family, json.dumps(schema)[:200], out[:100])
+    for family, schema, out in unsound_server:
+        err = next(jsonschema.validators.validator_for(schema)(schema).iter_errors(json.loads(out)))
+        print(f"  UNSOUND {family}: {err.json_path}: {err.message[:120]} | {out[:80]!r}")
 
 
 if __name__ == "__main__":
