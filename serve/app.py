@@ -85,6 +85,8 @@ def _engines(served: dict[str, Served], cfg: ServeConfig) -> dict[str, Any]:
             by_decoder[key] = Engine(s.decoder, max_batch=cfg.max_batch, window_ms=cfg.batch_window_ms,
                                      max_queue=cfg.max_queue, grammars=pool)
         s.engine = by_decoder[key]
+        if s.schema not in s.engine.own_schemas:
+            s.engine.own_schemas.append(s.schema)
         names.setdefault(key, []).append(s.task.name)
     return {"+".join(names[key]): engine for key, engine in by_decoder.items()}
 

@@ -25,6 +25,8 @@ def _child(conn, info_json: str, memory_mb: int) -> None:
     import os
     import resource
 
+    # Below the decode thread: where they share a core, a long compile takes the CPU the running batch leaves.
+    os.nice(10)
     if memory_mb > 0:
         page = os.sysconf("SC_PAGE_SIZE")
         with open("/proc/self/statm") as f:

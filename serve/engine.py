@@ -42,13 +42,24 @@ class Engine:
         self._stats = {"requests": 0, "batches": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0,
                        "forward_passes": 0, "batch_sizes": collections.Counter(), "busy_s": 0.0}
         self._stats_lock = threading.Lock()
+        self.own_schemas: list = []  # the served tasks' schemas, compiled at start (see `_warm`)
 
     def start(self) -> None:
         if self.grammars is not None:
-            threading.Thread(target=self.grammars.warm, daemon=True).start()
+            threading.Thread(target=self._warm, daemon=True).start()
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._work, name="schemabuild-engine", daemon=True)
             self._thread.start()
+
+    def _warm(self) -> None:
+        """Start the compile children and compile the tasks' own grammars now: compiled lazily, a task's first
+        normal request could queue behind a client's slow schema in the pool (8 s in the hardening test)."""
+        self.grammars.warm()
+        for schema in self.own_schemas:
+            try:
+                self.grammars.compile(schema)
+            except GrammarError:
+                pass  # answered to the first request that needs it
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the queued work, then end the worker thread."""

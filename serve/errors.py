@@ -22,7 +22,13 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+    # A message or param may quote the client's text (a schema key with a lone surrogate): escape what UTF-8
+    # cannot encode, or rendering the 400 itself fails into a 500.
+    return {"error": {"message": _encodable(message), "type": type, "param": _encodable(param), "code": code}}
+
+
+def _encodable(text: str | None) -> str | None:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(text, str) else text
 
 
 def _param(loc: tuple) -> str | None:

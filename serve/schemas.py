@@ -73,6 +73,38 @@ def prepare_schema(schema: Any, strict: bool = True, limits: Limits = Limits()) 
     return out, sorted(set(walk.relaxed))
 
 
+def _nested_repeat(pattern: str) -> int:
+    """The largest product of finite repetition bounds along one nesting path of `pattern` (1 when none)."""
+    try:
+        import re._parser as sre_parse
+    except ImportError:  # Python < 3.11
+        import sre_parse
+
+    try:
+        tree = sre_parse.parse(pattern)
+    except (re.error, RecursionError, OverflowError, ValueError):
+        return 1  # re.compile below says what is wrong with it
+
+    def walk(items, depth=0) -> int:
+        if depth > 200:
+            return INF
+        worst = 1
+        for op, arg in items:
+            if op in (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT, getattr(sre_parse, "POSSESSIVE_REPEAT", None)):
+                low, high, sub = arg
+                bound = high if high != sre_parse.MAXREPEAT else max(low, 1)
+                worst = max(worst, max(bound, 1) * walk(sub, depth + 1))
+            elif op == sre_parse.SUBPATTERN:
+                worst = max(worst, walk(arg[-1], depth + 1))
+            elif op == sre_parse.BRANCH:
+                worst = max([worst] + [walk(b, depth + 1) for b in arg[1]])
+            elif op in (sre_parse.ATOMIC_GROUP if hasattr(sre_parse, "ATOMIC_GROUP") else (),):
+                worst = max(worst, walk(arg, depth + 1))
+        return worst
+
+    return walk(tree)
+
+
 def output_violation(schema: dict, text: str) -> str | None:
     """Why `text` does not satisfy `schema` (the client's original), or None when it does."""
     import jsonschema
@@ -150,10 +182,14 @@ class _Walk:
         self.nodes += 1
         if self.nodes > self.limits.max_nodes:
             raise SchemaRefused("size", path, f"more than {self.limits.max_nodes} subschemas")
-        if "allOf" in node:
+        for _ in range(64):  # a member's own allOf comes back into `node` by the merge: flatten it too
+            if "allOf" not in node:
+                break
             parts = node.pop("allOf")
             for i, part in enumerate(parts):
                 node = self.merge(node, self.deref(part, f"{path}.allOf[{i}]"), f"{path}.allOf[{i}]")
+        else:
+            raise SchemaRefused("allOf", path, "allOf nests (or refers to itself) more than 64 deep")
         for key in ("anyOf", "oneOf"):
             if key in node:
                 node = self.push_into_branches(node, key, path)
@@ -182,10 +218,11 @@ class _Walk:
         if isinstance(node.get("items"), list):  # draft-7 tuple form
             node["items"] = [self.node(sub, f"{path}.items[{i}]") for i, sub in enumerate(node["items"])]
         if "oneOf" in node and not _disjoint(node["oneOf"], self):
+            branches = node["oneOf"]
             self.refuse_or_relax(node, "oneOf", f"{path}.oneOf", "its branches overlap, and this engine cannot "
                                  "keep outputs to exactly one; use anyOf")
-            if not self.strict:
-                node["anyOf"] = node.pop("oneOf", None) or []
+            if "anyOf" not in node:  # relaxed (not strict): any branch, rather than none (an empty anyOf)
+                node["anyOf"] = branches
         return node
 
     def deref(self, node: Any, path: str) -> Any:
@@ -247,6 +284,8 @@ class _Walk:
                 if not both:
                     raise SchemaRefused("allOf", path, f"type {sorted(ta)} conflicts with {sorted(tb)}")
                 out["type"] = sorted(both) if len(both) > 1 else both.pop()
+            elif key == "allOf":
+                out["allOf"] = list(out[key]) + list(value)
             elif key == "required":
                 out["required"] = list(dict.fromkeys(list(out[key]) + list(value)))
             elif key == "properties":
@@ -288,6 +327,11 @@ class _Walk:
             elif any(int(m.group(2) or m.group(1)) > self.limits.max_repeat for m in REPEAT.finditer(pattern)):
                 raise SchemaRefused("pattern", f"{path}.pattern",
                                     f"a repetition bound above {self.limits.max_repeat} (size limit)")
+            elif _nested_repeat(pattern) > self.limits.max_repeat:
+                # (([a-z]{1,999}){1,999}){1,999} compiles in seconds, but each accepted character then costs the
+                # decode thread more (41 ms at 35 characters), stalling every client: bound the product.
+                raise SchemaRefused("pattern", f"{path}.pattern",
+                                    f"nested repetition bounds multiply past {self.limits.max_repeat} (size limit)")
             else:
                 try:
                     re.compile(pattern)
@@ -412,7 +456,11 @@ def _check_finite(schema: dict, limits: Limits) -> None:
             break
     root = size(schema, "$")
     if root == INF:
-        where = next((r for r, s in sizes.items() if s == INF), "$")
+        where = next((r for r, s in sizes.items() if s == INF), None)
+        if where is None:  # no recursion: an empty enum or a false subschema where a value is required
+            keyword = "enum" if '"enum": []' in json.dumps(schema) else "false"
+            raise SchemaRefused(keyword, "$", "no value satisfies the schema (an empty enum or a false subschema "
+                                "where a value is required)")
         raise SchemaRefused("$ref", where, "the schema has no finite instance (it requires itself without end)")
     biggest = max([root, *sizes.values()])
     if biggest == INF:
