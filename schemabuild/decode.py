@@ -154,7 +154,7 @@ def _clip_utf8(text: str, limit: int) -> str:
 
 # ---- the decode loop -------------------------------------------------------------------------------
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Row:
     """Decode state of one request inside a batch."""
 
@@ -168,6 +168,73 @@ class _Row:
     logprobs: list[float] = dataclasses.field(default_factory=list)
     passes: int = 0
     finish: str | None = None
+    tag: Any = None
+    """The caller's handle for this row (the server's job)."""
+
+
+class Batch:
+    """A running batch on one adapter: its live rows and their shared KV cache and attention mask.
+
+    The cache has one column per position any row has fed; a row's columns from before it joined (and the
+    padding inside a step) are masked out for it. `Decoder.step` adds rows and advances them; rows leave as
+    soon as they finish, and columns no live row uses are dropped, so memory follows the rows in flight.
+    """
+
+    def __init__(self, adapter: str | None = None):
+        self.adapter = adapter
+        self.rows: list[_Row] = []
+        self.cache: Any = None
+        self.mask: Any = None
+
+    def tokens(self) -> int:
+        """KV positions held (rows × columns)."""
+        return 0 if self.mask is None else int(self.mask.shape[0] * self.mask.shape[1])
+
+    def merge(self, rows: list[_Row], cache, mask) -> None:
+        """Append `rows` (with their own cache and mask) below the running rows, left-padding the shorter."""
+        import torch
+
+        if not self.rows:
+            self.rows, self.cache, self.mask = list(rows), cache, mask
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+
+        def pad(t, dim: int):
+            short = width - t.shape[dim]
+            if not short:
+                return t
+            shape = list(t.shape)
+            shape[dim] = short
+            return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+        for mine, theirs in zip(self.cache.layers, cache.layers):
+            mine.keys = torch.cat([pad(mine.keys, 2), pad(theirs.keys, 2)], dim=0)
+            mine.values = torch.cat([pad(mine.values, 2), pad(theirs.values, 2)], dim=0)
+        self.mask = torch.cat([pad(self.mask, 1), pad(mask, 1)], dim=0)
+        self.rows += rows
+
+    def keep(self, rows: list[_Row]) -> None:
+        """Keep only `rows` (in order); drop the cache columns no kept row attends to once they are many."""
+        import torch
+
+        if len(rows) == len(self.rows):
+            return
+        if not rows:
+            self.rows, self.cache, self.mask = [], None, None
+            return
+        where = {id(r): i for i, r in enumerate(self.rows)}
+        index = torch.tensor([where[id(r)] for r in rows], device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask = self.mask[index]
+        self.rows = list(rows)
+        used = self.mask.any(dim=0)
+        unused = int((~used).sum())
+        if unused >= 16 and unused * 4 >= self.mask.shape[1]:  # positions and rotary keys are absolute: safe
+            cols = torch.nonzero(used)[:, 0]
+            for layer in self.cache.layers:
+                layer.keys = layer.keys.index_select(2, cols)
+                layer.values = layer.values.index_select(2, cols)
+            self.mask = self.mask[:, cols]
 
 
 class Decoder:
@@ -198,20 +265,58 @@ class Decoder:
 
     def generate(self, requests: list[Request]) -> list[Result]:
         """Decode `requests` together (one batch per adapter), results in request order."""
-        import torch
-
         for r in requests:
             self.check(r)
         results: list[Result | None] = [None] * len(requests)
         groups: dict[str | None, list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault(r.adapter, []).append(i)
-        with self._lock, torch.inference_mode():
-            for adapter, idx in groups.items():
-                self._use_adapter(adapter)
-                for i, res in zip(idx, self._generate_batch([requests[i] for i in idx])):
-                    results[i] = res
+        for adapter, idx in groups.items():
+            batch = Batch(adapter)
+            rows, _ = self.step(batch, [requests[i] for i in idx])
+            while batch.rows:
+                self.step(batch)
+            for i, row in zip(idx, rows):
+                results[i] = self.result(row)
         return results  # type: ignore[return-value]
+
+    def step(self, batch: "Batch", joining: list[Request] = ()) -> tuple[list[_Row], list[_Row]]:
+        """One step of a running batch: a decode pass for the rows already in it, then the prefill of `joining`
+        in a pass of its own, merged into the batch's cache. Finished rows leave the batch at once.
+
+        Returns (the rows made for `joining`, in order; the rows that finished in this step). Each row keeps its
+        own grammar matcher, jump-forward and stop, so a row decodes exactly as it would alone.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        new_rows = [self._new_row(i, r) for i, r in enumerate(joining)]
+        with self._lock, torch.inference_mode():
+            self._use_adapter(batch.adapter)
+            if batch.rows:
+                batch.cache, batch.mask = self._pass(batch.rows, batch.cache, batch.mask)
+            if new_rows:
+                bitmask = self._bitmask(len(new_rows))
+                if self.jump_forward:  # text forced before the first token (e.g. `{"tool":"`) joins the prefill
+                    for b, row in enumerate(new_rows):
+                        if row.matcher is not None:
+                            self._jump(row, bitmask, b)
+                live = [row for row in new_rows if row.finish is None]
+                if live:
+                    empty = torch.zeros((len(live), 0), dtype=torch.long, device=self.device)
+                    cache, mask = self._pass(live, DynamicCache(), empty)
+                    batch.merge(live, cache, mask)
+            finished = [row for row in batch.rows if row.finish is not None]
+            early = {id(row) for row in live} if new_rows else set()
+            finished += [row for row in new_rows if row.finish is not None and id(row) not in early]
+            batch.keep([row for row in batch.rows if row.finish is None])
+        return new_rows, finished
+
+    def drop(self, batch: "Batch", rows: list[_Row]) -> None:
+        """Take `rows` out of `batch` now (their callers left); their KV memory is freed."""
+        with self._lock:
+            gone = {id(r) for r in rows}
+            batch.keep([row for row in batch.rows if id(row) not in gone])
 
     def compile(self, schema: dict | None):
         """Compile (or fetch from the cache) the grammar for `schema`; GrammarError when it cannot."""
@@ -262,70 +367,57 @@ class Decoder:
 
     # -- run --
 
-    def _generate_batch(self, requests: list[Request]) -> list[Result]:
+    def _bitmask(self, n: int):
+        import xgrammar as xgr
+
+        if getattr(self, "_bits", None) is None or self._bits.shape[0] < n:
+            self._bits = xgr.allocate_token_bitmask(max(n, 8), self.vocab_size)
+        return self._bits
+
+    def _pass(self, live: list[_Row], cache, mask):
+        """One forward pass over `live` (their pending tokens, right-aligned, left padding inside the step),
+        then each row chooses and takes its next token. Returns the grown (cache, attention mask)."""
         import torch
         import xgrammar as xgr
-        from transformers import DynamicCache
 
-        rows = [self._new_row(i, r) for i, r in enumerate(requests)]
-        bitmask = xgr.allocate_token_bitmask(len(rows), self.vocab_size)
-        if self.jump_forward:  # text forced before the first token (e.g. `{"tool":"`) joins the prefill
-            for b, row in enumerate(rows):
-                if row.matcher is not None:
-                    self._jump(row, bitmask, b)
-        live = [row for row in rows if row.finish is None]
-        cache = DynamicCache()
-        mask = torch.zeros((len(live), 0), dtype=torch.long, device=self.device)
-        padded = False
-        while live:
-            # One forward pass: each live row's pending tokens, right-aligned (left padding inside the step).
-            width = max(len(row.pending) for row in live)
-            ids_l, mask_l, pos_l = [], [], []
-            for row in live:
-                n, pad = len(row.pending), width - len(row.pending)
-                ids_l.append([self.pad_id] * pad + row.pending)
-                mask_l.append([0] * pad + [1] * n)
-                pos_l.append([0] * pad + list(range(row.n_seen, row.n_seen + n)))
-                row.n_seen += n
-                row.pending = []
-                row.passes += 1
-            ids = torch.tensor(ids_l, device=self.device)
-            step_mask = torch.tensor(mask_l, device=self.device)
-            pos = torch.tensor(pos_l, device=self.device)
-            mask = torch.cat([mask, step_mask], dim=1)
-            padded = padded or any(0 in m for m in mask_l)
-            out = self.model(  # without padding the model's own causal mask is enough (and cheaper to build)
-                input_ids=ids, attention_mask=mask if padded else None, position_ids=pos,
-                past_key_values=cache, use_cache=True, logits_to_keep=1,
+        width = max(len(row.pending) for row in live)
+        ids_l, mask_l, pos_l = [], [], []
+        for row in live:
+            n, pad = len(row.pending), width - len(row.pending)
+            ids_l.append([self.pad_id] * pad + row.pending)
+            mask_l.append([0] * pad + [1] * n)
+            pos_l.append([0] * pad + list(range(row.n_seen, row.n_seen + n)))
+            row.n_seen += n
+            row.pending = []
+            row.passes += 1
+        ids = torch.tensor(ids_l, device=self.device)
+        pos = torch.tensor(pos_l, device=self.device)
+        mask = torch.cat([mask, torch.tensor(mask_l, device=self.device)], dim=1)
+        padded = not bool(mask.all())
+        out = self.model(  # without padding the model's own causal mask is enough (and cheaper to build)
+            input_ids=ids, attention_mask=mask if padded else None, position_ids=pos,
+            past_key_values=cache, use_cache=True, logits_to_keep=1,
+        )
+        logits = out.logits[:, -1, :].float()
+        if logits.shape[-1] > self.vocab_size:
+            logits = logits[:, : self.vocab_size]
+
+        bitmask = self._bitmask(len(live))
+        constrained = [b for b, row in enumerate(live) if row.matcher is not None]
+        if constrained:
+            for b in constrained:
+                live[b].matcher.fill_next_token_bitmask(bitmask, b)
+            with_schema = [b for b in constrained if live[b].req.schema is not None]
+            if with_schema:
+                bitmask[with_schema] &= self._printable_mask()
+            xgr.apply_token_bitmask_inplace(
+                logits, bitmask[: len(live)].to(self.device, non_blocking=True), indices=constrained
             )
-            cache = out.past_key_values
-            logits = out.logits[:, -1, :].float()
-            if logits.shape[-1] > self.vocab_size:
-                logits = logits[:, : self.vocab_size]
-
-            constrained = [b for b, row in enumerate(live) if row.matcher is not None]
-            if constrained:
-                for b in constrained:
-                    live[b].matcher.fill_next_token_bitmask(bitmask, b)
-                with_schema = [b for b in constrained if live[b].req.schema is not None]
-                if with_schema:
-                    bitmask[with_schema] &= self._printable_mask()
-                xgr.apply_token_bitmask_inplace(
-                    logits, bitmask[: len(live)].to(self.device, non_blocking=True), indices=constrained
-                )
-            chosen = self._choose(logits, live)
-            chosen_lp = (logits.gather(1, chosen[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)).tolist()
-            for b, (row, tok, lp) in enumerate(zip(live, chosen.tolist(), chosen_lp)):
-                self._advance(row, tok, lp, bitmask, b)
-
-            keep = [b for b, row in enumerate(live) if row.finish is None]
-            if len(keep) < len(live):
-                if keep:
-                    index = torch.tensor(keep, device=self.device)
-                    cache.batch_select_indices(index)
-                    mask = mask[index]
-                live = [live[b] for b in keep]
-        return [self._result(row) for row in rows]
+        chosen = self._choose(logits, live)
+        chosen_lp = (logits.gather(1, chosen[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)).tolist()
+        for b, (row, tok, lp) in enumerate(zip(live, chosen.tolist(), chosen_lp)):
+            self._advance(row, tok, lp, bitmask, b)
+        return out.past_key_values, mask
 
     def _choose(self, logits, live: list[_Row]):
         """Greedy argmax per row, or temperature/top-p sampling with the row's own generator."""
@@ -496,7 +588,8 @@ class Decoder:
         allowed = set(np.nonzero(bits)[0].tolist())
         return allowed <= set(self.stop_ids)
 
-    def _result(self, row: _Row) -> Result:
+    def result(self, row: _Row) -> Result:
+        """The Result of a finished row."""
         content = [t for t in row.ids if t not in self.stop_ids]
         return Result(
             token_ids=row.ids,
