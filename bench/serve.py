@@ -5,7 +5,9 @@
 
 Starts `schemabuild serve` as its own process on 127.0.0.1, then measures requests/s and p50/p99 latency for
 sequential requests and for `--clients` concurrent ones, and prints both side by side with the ratio
-(goal: concurrent ≥ 5× sequential requests/s).
+(goal: concurrent ≥ 5× sequential requests/s), checks that every concurrent answer is byte-identical to the
+sequential answer to the same request, and (chat route) times streaming: time to first token against the gap
+between later tokens, i.e. one decode step as a client sees it (goal: TTFT ≤ 1.5× one step).
 
 Without --run, the model is an untrained tiny one: every request asks for exactly `--max-tokens` tokens of
 the task's schema (it rarely stops early), so both modes do the same work per request. With --run, requests
@@ -95,6 +97,7 @@ async def measure(url: str, n: int, clients: int, trained: bool, max_tokens: int
     import httpx
 
     latencies: list[float] = []
+    answers: dict[int, str] = {}
     tokens = 0
     errors = 0
     next_i = 0
@@ -111,7 +114,9 @@ async def measure(url: str, n: int, clients: int, trained: bool, max_tokens: int
             if r.status_code != 200:
                 errors += 1
             else:
-                tokens += r.json()["usage"]["completion_tokens"]
+                out = r.json()
+                tokens += out["usage"]["completion_tokens"]
+                answers[i] = str(out["output"]) if trained else out["choices"][0]["message"]["content"]
 
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=clients)) as client:
         path, payload = body(0, trained, max_tokens)
@@ -122,7 +127,34 @@ async def measure(url: str, n: int, clients: int, trained: bool, max_tokens: int
     latencies.sort()
     return {"requests": n, "clients": clients, "wall_s": wall, "rps": n / wall, "tokens_per_s": tokens / wall,
             "p50_ms": 1000 * statistics.median(latencies),
-            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], "errors": errors}
+            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], "errors": errors,
+            "answers": answers}
+
+
+async def measure_stream(url: str, n: int, max_tokens: int) -> dict:
+    """n streaming chat requests one after another: time to first content chunk, and the median gap between
+    later content chunks (one decode step, or one jump-forward span, as the client sees it)."""
+    import json
+
+    import httpx
+
+    ttft, gaps = [], []
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        for i in range(n + 1):
+            _, payload = body(i, False, max_tokens)
+            t0 = time.perf_counter()
+            arrivals = []
+            async with client.stream("POST", "/v1/chat/completions", json={**payload, "stream": True}) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {"):
+                        chunk = json.loads(line[6:])
+                        if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                            arrivals.append(time.perf_counter())
+            if i == 0 or not arrivals:  # the first one warms up
+                continue
+            ttft.append(arrivals[0] - t0)
+            gaps += [b - a for a, b in zip(arrivals, arrivals[1:])]
+    return {"ttft_ms": 1000 * statistics.median(ttft), "step_ms": 1000 * statistics.median(gaps) if gaps else float("nan")}
 
 
 def main() -> None:
@@ -134,6 +166,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=24, help="tokens per request without --run")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--batch-window-ms", type=float, default=3.0, help="the server's batching window")
+    parser.add_argument("--stream-requests", type=int, default=20, help="sequential streaming requests (0 = none)")
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -147,6 +180,8 @@ def main() -> None:
             before = batch_sizes(url)
             conc = asyncio.run(measure(url, args.requests, args.clients, args.run is not None, args.max_tokens))
             after = batch_sizes(url)
+            stream = asyncio.run(measure_stream(url, args.stream_requests, args.max_tokens)) \
+                if args.stream_requests else None
         finally:
             proc.terminate()
             proc.wait(30)
@@ -163,7 +198,15 @@ def main() -> None:
     n_batches = sum(sizes.values())
     if n_batches:
         mean = sum(k * v for k, v in sizes.items()) / n_batches
-        print(f"concurrent phase: {n_batches} decoder batches, mean batch size {mean:.1f}, largest {max(k for k, v in sizes.items() if v)}")
+        print(f"concurrent phase: {n_batches} decode steps, mean rows per step {mean:.1f}, "
+              f"largest {max(k for k, v in sizes.items() if v)}")
+    common = sorted(set(seq["answers"]) & set(conc["answers"]))
+    same = sum(seq["answers"][i] == conc["answers"][i] for i in common)
+    print(f"answers byte-identical to sequential: {same}/{len(common)}")
+    if stream:
+        r = stream["ttft_ms"] / stream["step_ms"]
+        print(f"streaming: time to first token {stream['ttft_ms']:.1f} ms, one decode step (gap between chunks) "
+              f"{stream['step_ms']:.1f} ms, ratio {r:.2f}  (goal <= 1.5: {'met' if r <= 1.5 else 'missed'})")
     ratio = conc["rps"] / seq["rps"]
     print(f"throughput ratio (concurrent / sequential): {ratio:.2f}x  (goal >= 5x: {'met' if ratio >= 5 else 'missed'})")
 

@@ -11,15 +11,14 @@ and explicit position ids, so rows of different lengths share the pass. Finished
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import hashlib
-import json
 import math
 import threading
 from typing import Any
 
 from schemabuild.errors import GrammarError  # noqa: F401 - re-exported: `from schemabuild.decode import GrammarError`
+from schemabuild.batch import Batch  # noqa: F401 - re-exported
+from schemabuild.grammar import JSON_OBJECT_EBNF, compile_grammar, grammar_cache_size, grammar_key  # noqa: F401 - re-exported
 
 # Jump-forward takes at most this much forced text per step; the rest is forced again on the next step.
 MAX_JUMP_BYTES = 256
@@ -72,76 +71,6 @@ class Result:
 
 # ---- grammars --------------------------------------------------------------------------------------
 
-_COMPILERS: dict[int, tuple[Any, Any]] = {}
-_GRAMMARS: "collections.OrderedDict[tuple[int, str], Any]" = collections.OrderedDict()
-_GRAMMAR_CACHE_SIZE = 256
-_GRAMMAR_LOCK = threading.Lock()
-
-
-# json_object mode: any JSON object (never a bare array or scalar, as OpenAI's mode promises), written with the
-# same compact separators and no free whitespace as the canonical training targets.
-JSON_OBJECT_EBNF = r"""
-root ::= object
-value ::= object | array | string | number | "true" | "false" | "null"
-object ::= "{" (member ("," member)*)? "}"
-member ::= string ":" value
-array ::= "[" (value ("," value)*)? "]"
-string ::= "\"" char* "\""
-char ::= [^"\\\x00-\x1f] | "\\" escape
-escape ::= ["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F]
-number ::= "-"? ("0" | [1-9] [0-9]*) ("." [0-9]+)? ([eE] [+-]? [0-9]+)?
-"""
-
-
-def grammar_key(schema: dict | None) -> str:
-    """The cache key of a schema (None = the json_object grammar)."""
-    if schema is None:
-        return "json"
-    return hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def compile_grammar(tokenizer_info, schema: dict | None):
-    """The xgrammar CompiledGrammar for `schema`, compiled once per (tokenizer, schema) and cached.
-
-    Compact separators and no free whitespace, as in the canonical training targets. None compiles the
-    JSON-object grammar (json_object mode). Raises GrammarError for a schema xgrammar rejects.
-    """
-    import xgrammar as xgr
-
-    if schema is not None and not isinstance(schema, dict):
-        raise GrammarError(f"schema must be a JSON object, got {type(schema).__name__}")
-    try:
-        key = (id(tokenizer_info), grammar_key(schema))
-    except (TypeError, ValueError) as exc:
-        raise GrammarError(f"schema is not JSON-serialisable: {exc}") from None
-    with _GRAMMAR_LOCK:
-        if key in _GRAMMARS:
-            _GRAMMARS.move_to_end(key)
-            return _GRAMMARS[key]
-        if id(tokenizer_info) not in _COMPILERS:
-            # Holding tokenizer_info keeps its id from being reused by another object.
-            _COMPILERS[id(tokenizer_info)] = (tokenizer_info, xgr.GrammarCompiler(tokenizer_info))
-        compiler = _COMPILERS[id(tokenizer_info)][1]
-        try:
-            if schema is None:
-                compiled = compiler.compile_grammar(JSON_OBJECT_EBNF)
-            else:
-                compiled = compiler.compile_json_schema(
-                    json.dumps(schema), any_whitespace=False, separators=(",", ":"), strict_mode=True
-                )
-        except Exception as exc:  # noqa: BLE001 - xgrammar raises RuntimeError with a C++ location prefix
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise GrammarError(f"unsupported or invalid JSON schema: {msg.split(': ', 1)[-1]}") from None
-        _GRAMMARS[key] = compiled
-        if len(_GRAMMARS) > _GRAMMAR_CACHE_SIZE:
-            _GRAMMARS.popitem(last=False)
-        return compiled
-
-
-def grammar_cache_size() -> int:
-    return len(_GRAMMARS)
-
-
 def _clip_utf8(text: str, limit: int) -> str:
     """The longest prefix of `text` whose UTF-8 encoding fits in `limit` bytes."""
     data = text.encode("utf-8", "surrogatepass")
@@ -152,7 +81,7 @@ def _clip_utf8(text: str, limit: int) -> str:
 
 # ---- the decode loop -------------------------------------------------------------------------------
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Row:
     """Decode state of one request inside a batch."""
 
@@ -166,6 +95,8 @@ class _Row:
     logprobs: list[float] = dataclasses.field(default_factory=list)
     passes: int = 0
     finish: str | None = None
+    tag: Any = None
+    """The caller's handle for this row (the server's job)."""
 
 
 class Decoder:
@@ -196,20 +127,58 @@ class Decoder:
 
     def generate(self, requests: list[Request]) -> list[Result]:
         """Decode `requests` together (one batch per adapter), results in request order."""
-        import torch
-
         for r in requests:
             self.check(r)
         results: list[Result | None] = [None] * len(requests)
         groups: dict[str | None, list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault(r.adapter, []).append(i)
-        with self._lock, torch.inference_mode():
-            for adapter, idx in groups.items():
-                self._use_adapter(adapter)
-                for i, res in zip(idx, self._generate_batch([requests[i] for i in idx])):
-                    results[i] = res
+        for adapter, idx in groups.items():
+            batch = Batch(adapter)
+            rows, _ = self.step(batch, [requests[i] for i in idx])
+            while batch.rows:
+                self.step(batch)
+            for i, row in zip(idx, rows):
+                results[i] = self.result(row)
         return results  # type: ignore[return-value]
+
+    def step(self, batch: "Batch", joining: list[Request] = ()) -> tuple[list[_Row], list[_Row]]:
+        """One step of a running batch: a decode pass for the rows already in it, then the prefill of `joining`
+        in a pass of its own, merged into the batch's cache. Finished rows leave the batch at once.
+
+        Returns (the rows made for `joining`, in order; the rows that finished in this step). Each row keeps its
+        own grammar matcher, jump-forward and stop, so a row decodes exactly as it would alone.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        new_rows = [self._new_row(i, r) for i, r in enumerate(joining)]
+        with self._lock, torch.inference_mode():
+            self._use_adapter(batch.adapter)
+            if batch.rows:
+                batch.cache, batch.mask = self._pass(batch.rows, batch.cache, batch.mask)
+            if new_rows:
+                bitmask = self._bitmask(len(new_rows))
+                if self.jump_forward:  # text forced before the first token (e.g. `{"tool":"`) joins the prefill
+                    for b, row in enumerate(new_rows):
+                        if row.matcher is not None:
+                            self._jump(row, bitmask, b)
+                live = [row for row in new_rows if row.finish is None]
+                if live:
+                    empty = torch.zeros((len(live), 0), dtype=torch.long, device=self.device)
+                    cache, mask = self._pass(live, DynamicCache(), empty)
+                    batch.merge(live, cache, mask)
+            finished = [row for row in batch.rows if row.finish is not None]
+            early = {id(row) for row in live} if new_rows else set()
+            finished += [row for row in new_rows if row.finish is not None and id(row) not in early]
+            batch.keep([row for row in batch.rows if row.finish is None])
+        return new_rows, finished
+
+    def drop(self, batch: "Batch", rows: list[_Row]) -> None:
+        """Take `rows` out of `batch` now (their callers left); their KV memory is freed."""
+        with self._lock:
+            gone = {id(r) for r in rows}
+            batch.keep([row for row in batch.rows if id(row) not in gone])
 
     def compile(self, schema: dict | None):
         """Compile (or fetch from the cache) the grammar for `schema`; GrammarError when it cannot."""
@@ -260,70 +229,57 @@ class Decoder:
 
     # -- run --
 
-    def _generate_batch(self, requests: list[Request]) -> list[Result]:
+    def _bitmask(self, n: int):
+        import xgrammar as xgr
+
+        if getattr(self, "_bits", None) is None or self._bits.shape[0] < n:
+            self._bits = xgr.allocate_token_bitmask(max(n, 8), self.vocab_size)
+        return self._bits
+
+    def _pass(self, live: list[_Row], cache, mask):
+        """One forward pass over `live` (their pending tokens, right-aligned, left padding inside the step),
+        then each row chooses and takes its next token. Returns the grown (cache, attention mask)."""
         import torch
         import xgrammar as xgr
-        from transformers import DynamicCache
 
-        rows = [self._new_row(i, r) for i, r in enumerate(requests)]
-        bitmask = xgr.allocate_token_bitmask(len(rows), self.vocab_size)
-        if self.jump_forward:  # text forced before the first token (e.g. `{"tool":"`) joins the prefill
-            for b, row in enumerate(rows):
-                if row.matcher is not None:
-                    self._jump(row, bitmask, b)
-        live = [row for row in rows if row.finish is None]
-        cache = DynamicCache()
-        mask = torch.zeros((len(live), 0), dtype=torch.long, device=self.device)
-        padded = False
-        while live:
-            # One forward pass: each live row's pending tokens, right-aligned (left padding inside the step).
-            width = max(len(row.pending) for row in live)
-            ids_l, mask_l, pos_l = [], [], []
-            for row in live:
-                n, pad = len(row.pending), width - len(row.pending)
-                ids_l.append([self.pad_id] * pad + row.pending)
-                mask_l.append([0] * pad + [1] * n)
-                pos_l.append([0] * pad + list(range(row.n_seen, row.n_seen + n)))
-                row.n_seen += n
-                row.pending = []
-                row.passes += 1
-            ids = torch.tensor(ids_l, device=self.device)
-            step_mask = torch.tensor(mask_l, device=self.device)
-            pos = torch.tensor(pos_l, device=self.device)
-            mask = torch.cat([mask, step_mask], dim=1)
-            padded = padded or any(0 in m for m in mask_l)
-            out = self.model(  # without padding the model's own causal mask is enough (and cheaper to build)
-                input_ids=ids, attention_mask=mask if padded else None, position_ids=pos,
-                past_key_values=cache, use_cache=True, logits_to_keep=1,
+        width = max(len(row.pending) for row in live)
+        ids_l, mask_l, pos_l = [], [], []
+        for row in live:
+            n, pad = len(row.pending), width - len(row.pending)
+            ids_l.append([self.pad_id] * pad + row.pending)
+            mask_l.append([0] * pad + [1] * n)
+            pos_l.append([0] * pad + list(range(row.n_seen, row.n_seen + n)))
+            row.n_seen += n
+            row.pending = []
+            row.passes += 1
+        ids = torch.tensor(ids_l, device=self.device)
+        pos = torch.tensor(pos_l, device=self.device)
+        mask = torch.cat([mask, torch.tensor(mask_l, device=self.device)], dim=1)
+        padded = not bool(mask.all())
+        out = self.model(  # without padding the model's own causal mask is enough (and cheaper to build)
+            input_ids=ids, attention_mask=mask if padded else None, position_ids=pos,
+            past_key_values=cache, use_cache=True, logits_to_keep=1,
+        )
+        logits = out.logits[:, -1, :].float()
+        if logits.shape[-1] > self.vocab_size:
+            logits = logits[:, : self.vocab_size]
+
+        bitmask = self._bitmask(len(live))
+        constrained = [b for b, row in enumerate(live) if row.matcher is not None]
+        if constrained:
+            for b in constrained:
+                live[b].matcher.fill_next_token_bitmask(bitmask, b)
+            with_schema = [b for b in constrained if live[b].req.schema is not None]
+            if with_schema:
+                bitmask[with_schema] &= self._printable_mask()
+            xgr.apply_token_bitmask_inplace(
+                logits, bitmask[: len(live)].to(self.device, non_blocking=True), indices=constrained
             )
-            cache = out.past_key_values
-            logits = out.logits[:, -1, :].float()
-            if logits.shape[-1] > self.vocab_size:
-                logits = logits[:, : self.vocab_size]
-
-            constrained = [b for b, row in enumerate(live) if row.matcher is not None]
-            if constrained:
-                for b in constrained:
-                    live[b].matcher.fill_next_token_bitmask(bitmask, b)
-                with_schema = [b for b in constrained if live[b].req.schema is not None]
-                if with_schema:
-                    bitmask[with_schema] &= self._printable_mask()
-                xgr.apply_token_bitmask_inplace(
-                    logits, bitmask[: len(live)].to(self.device, non_blocking=True), indices=constrained
-                )
-            chosen = self._choose(logits, live)
-            chosen_lp = (logits.gather(1, chosen[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)).tolist()
-            for b, (row, tok, lp) in enumerate(zip(live, chosen.tolist(), chosen_lp)):
-                self._advance(row, tok, lp, bitmask, b)
-
-            keep = [b for b, row in enumerate(live) if row.finish is None]
-            if len(keep) < len(live):
-                if keep:
-                    index = torch.tensor(keep, device=self.device)
-                    cache.batch_select_indices(index)
-                    mask = mask[index]
-                live = [live[b] for b in keep]
-        return [self._result(row) for row in rows]
+        chosen = self._choose(logits, live)
+        chosen_lp = (logits.gather(1, chosen[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)).tolist()
+        for b, (row, tok, lp) in enumerate(zip(live, chosen.tolist(), chosen_lp)):
+            self._advance(row, tok, lp, bitmask, b)
+        return out.past_key_values, mask
 
     def _choose(self, logits, live: list[_Row]):
         """Greedy argmax per row, or temperature/top-p sampling with the row's own generator."""
@@ -494,7 +450,8 @@ class Decoder:
         allowed = set(np.nonzero(bits)[0].tolist())
         return allowed <= set(self.stop_ids)
 
-    def _result(self, row: _Row) -> Result:
+    def result(self, row: _Row) -> Result:
+        """The Result of a finished row."""
         content = [t for t in row.ids if t not in self.stop_ids]
         return Result(
             token_ids=row.ids,

@@ -26,6 +26,7 @@ from serve.metrics import Metrics
 from serve.middleware import Guard
 from serve.compiler import GrammarPool
 from serve.engine import Engine
+from serve.requestlog import RequestLog
 from schemabuild import __version__
 
 __all__ = ["ServeConfig", "Served", "create_app", "load_models", "serve_in_thread", "run_server"]
@@ -45,6 +46,9 @@ def create_app(models: list, cfg: ServeConfig | None = None):
     if not served:
         raise ConfigError("TASKS: nothing to serve")
     engines = _engines(served, cfg)
+    request_log = None
+    if cfg.log_requests:
+        request_log = RequestLog(cfg.log_requests, cfg.log_max_bytes)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -59,11 +63,14 @@ def create_app(models: list, cfg: ServeConfig | None = None):
                 stopped = engine.stop()
                 if asyncio.iscoroutine(stopped):
                     await stopped
+            if request_log is not None:
+                request_log.close()
 
     app = FastAPI(title="schemabuild", version=_version(), lifespan=lifespan)
     metrics = Metrics()
     app.state.served, app.state.metrics, app.state.cfg = served, metrics, cfg
     app.state.engines, app.state.created = engines, int(time.time())
+    app.state.request_log = request_log
     install_handlers(app)
     app.router.routes.extend(router.routes)  # flat (include_router wraps them, hiding each route's path)
     app.router.redirect_slashes = False
@@ -83,7 +90,8 @@ def _engines(served: dict[str, Served], cfg: ServeConfig) -> dict[str, Any]:
             pool = GrammarPool(info, timeout_s=cfg.compile_timeout_s, memory_mb=cfg.compile_memory_mb) \
                 if info is not None else None
             by_decoder[key] = Engine(s.decoder, max_batch=cfg.max_batch, window_ms=cfg.batch_window_ms,
-                                     max_queue=cfg.max_queue, grammars=pool)
+                                     max_queue=cfg.max_queue, grammars=pool,
+                                     max_tokens_in_flight=cfg.max_tokens_in_flight)
         s.engine = by_decoder[key]
         if s.schema not in s.engine.own_schemas:
             s.engine.own_schemas.append(s.schema)

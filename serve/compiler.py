@@ -15,7 +15,8 @@ import threading
 import time
 from typing import Any
 
-from schemabuild.decode import JSON_OBJECT_EBNF, GrammarError, grammar_key
+from schemabuild.errors import GrammarError
+from schemabuild.grammar import JSON_OBJECT_EBNF, grammar_key
 
 MAX_REPLY_BYTES = 256 * 2**20  # a serialized grammar larger than this is refused (the parent would hold it)
 

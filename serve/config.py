@@ -31,7 +31,14 @@ class ServeConfig:
     max_batch: int = 32
     """Requests decoded together at most."""
     batch_window_ms: float = 3.0
-    """How long the batcher waits to fill a batch."""
+    """How long an idle batcher waits for company before its first step (a running batch admits at every step)."""
+    max_tokens_in_flight: int = 32768
+    """KV budget: prompt + max_tokens summed over the requests admitted and not finished; more get 429."""
+    log_requests: str | None = None
+    """Append every answered request and its answer to this file as OpenAI chat JSONL (what `synth --from-log`
+    reads); no keys or headers are written [default: off]."""
+    log_max_bytes: int = 100_000_000
+    """Rotate the request log past this size: PATH becomes PATH.1 (then .2, ...; nothing is deleted)."""
     device: str | None = None
     """torch device [default: cuda when available, else cpu]."""
     compile_timeout_s: float = 10.0
@@ -46,7 +53,8 @@ class ServeConfig:
             raise ConfigError("--api-key: must not be empty")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port: {self.port} is not a port number (0-65535)")
-        for name in ("max_body_bytes", "max_tokens_cap", "default_max_tokens", "max_queue", "max_batch"):
+        for name in ("max_body_bytes", "max_tokens_cap", "default_max_tokens", "max_queue", "max_batch", "max_tokens_in_flight",
+                     "log_max_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1")
         if self.default_max_tokens > self.max_tokens_cap:

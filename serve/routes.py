@@ -13,8 +13,9 @@ from pydantic import BaseModel
 from serve.errors import APIError
 from serve.models import Served
 from serve.protocol import ChatRequest, PredictRequest, _parse_body
-from serve.serving import (chat_prompt_ids, check_output, confidence, generate, logprobs, requested_schema,
-                           sampling, sse, task_output, usage)
+from serve.requestlog import log_row
+from serve.serving import (chat_prompt_ids, check_output, confidence, generate, logprobs, open_stream,
+                           requested_schema, sampling, stream_chunks, task_output, usage)
 from schemabuild.contract import encode_prompt, system_prompt
 
 STATIC = Path(__file__).parent / "static"
@@ -82,6 +83,10 @@ async def predict(task: str, request: Request):
     result = await generate(state.cfg, state.metrics, s, prompt_ids, s.schema, opts, "input")
     latency_ms = (time.perf_counter() - start) * 1000
     output = task_output(s, result, opts["max_tokens"])
+    if state.request_log is not None:  # before the answer leaves, so no answer is missing from the log
+        messages = [{"role": "system", "content": system_prompt(s.task, s.contract)},
+                    {"role": "user", "content": body.input}]
+        state.request_log.write(log_row("predict", s.task.name, messages, result.text, result))
     return {"output": output.model_dump(mode="json"), "latency_ms": round(latency_ms, 2),
             "finish_reason": result.finish_reason, "usage": usage(result), "confidence": confidence(s, result)}
 
@@ -110,21 +115,33 @@ async def chat_completions(request: Request):
     opts = sampling(state.cfg, body, body.max_completion_tokens or body.max_tokens)
     schema, client_schema, relaxed = requested_schema(s, body.response_format)
     prompt_ids = chat_prompt_ids(s, body.messages)
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": s.task.name,
+            "system_fingerprint": s.contract.get("schema_hash")}
+    # strict: false dropped keywords the engine cannot enforce; say which (the body stays OpenAI's shape).
+    headers = {"X-Schemabuild-Relaxed": ",".join(relaxed)} if relaxed else None
+
+    def log(result) -> None:  # before the answer leaves, so no answer is missing from the log
+        if state.request_log is not None:
+            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+            fmt = body.response_format.model_dump(by_alias=True, exclude_none=True) if body.response_format else None
+            state.request_log.write(log_row("chat", s.task.name, messages, result.text, result, head["id"], fmt))
+
+    if body.stream:
+        job = await open_stream(state.cfg, s, prompt_ids, schema, opts, "messages")
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = stream_chunks(state.cfg, state.metrics, s, job, head, include_usage, client_schema, log)
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", **(headers or {})})
     result = await generate(state.cfg, state.metrics, s, prompt_ids, schema, opts, "messages")
     check_output(state.metrics, s, client_schema, result)
     completion = {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-        "model": s.task.name, "system_fingerprint": s.contract.get("schema_hash"),
+        **head, "object": "chat.completion",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text, "refusal": None},
                      "logprobs": logprobs(s, result) if body.logprobs else None,
                      "finish_reason": result.finish_reason}],
         "usage": usage(result),
     }
-    # strict: false dropped keywords the engine cannot enforce; say which (the body stays OpenAI's shape).
-    headers = {"X-Schemabuild-Relaxed": ",".join(relaxed)} if relaxed else None
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(sse(completion, include_usage), media_type="text/event-stream", headers=headers)
+    log(result)
     if headers:
         from fastapi.responses import JSONResponse
 

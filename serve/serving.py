@@ -6,6 +6,7 @@ The prompt lines (`encode_prompt(..., system_prompt(s.task, s.contract), ...)`) 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -34,9 +35,8 @@ def sampling(cfg: ServeConfig, body, max_tokens: int | None) -> dict:
             "top_p": 1.0 if body.top_p is None else body.top_p, "seed": body.seed}
 
 
-async def generate(cfg: ServeConfig, metrics: Metrics, s: Served, prompt_ids: list[int], schema: dict | None,
-                   opts: dict, param: str):
-    """Decode one request on the task's engine; every failure is an APIError (400, 429, 504)."""
+def decode_request(s: Served, prompt_ids: list[int], schema: dict | None, opts: dict, param: str) -> DecodeRequest:
+    """The decoder's request; a prompt longer than the model's context is a 400, max_tokens is capped to fit."""
     opts = dict(opts)
     if s.context:
         room = s.context - len(prompt_ids)
@@ -44,11 +44,16 @@ async def generate(cfg: ServeConfig, metrics: Metrics, s: Served, prompt_ids: li
             raise APIError(400, f"{param}: the prompt is {len(prompt_ids)} tokens; the model's context is "
                                 f"{s.context} tokens", param=param, code="context_length_exceeded")
         opts["max_tokens"] = min(opts["max_tokens"], room)  # capped at what fits, as OpenAI-compatible servers do
-    req = DecodeRequest(prompt_ids=prompt_ids, schema=schema, adapter=s.adapter, **opts)
+    return DecodeRequest(prompt_ids=prompt_ids, schema=schema, adapter=s.adapter, **opts)
+
+
+@contextlib.contextmanager
+def _engine_errors(cfg: ServeConfig):
+    """The engine's refusals as APIErrors (400, 429, 504)."""
     try:
-        result = await asyncio.wait_for(s.engine.submit(req), timeout=cfg.request_timeout_s)
-    except QueueFull:
-        raise APIError(429, "the server is busy (decode queue full); retry shortly", code="queue_full",
+        yield
+    except QueueFull as exc:
+        raise APIError(429, f"the server is busy ({exc}); retry shortly", code=exc.code,
                        headers={"Retry-After": "1"}) from None
     except (asyncio.TimeoutError, TimeoutError):
         raise APIError(504, f"no answer within {cfg.request_timeout_s:g} s (--request-timeout-s)",
@@ -59,8 +64,24 @@ async def generate(cfg: ServeConfig, metrics: Metrics, s: Served, prompt_ids: li
                        param=param, code="invalid_schema") from None
     except ValueError as exc:  # the decoder's own request checks
         raise APIError(400, _first_line(exc) or "invalid request", code="invalid_value") from None
+
+
+async def generate(cfg: ServeConfig, metrics: Metrics, s: Served, prompt_ids: list[int], schema: dict | None,
+                   opts: dict, param: str):
+    """Decode one request on the task's engine; every failure is an APIError (400, 429, 504)."""
+    req = decode_request(s, prompt_ids, schema, opts, param)
+    with _engine_errors(cfg):
+        result = await asyncio.wait_for(s.engine.submit(req), timeout=cfg.request_timeout_s)
     metrics.add_result(s.task.name, result.prompt_tokens, result.completion_tokens, result.finish_reason)
     return result
+
+
+async def open_stream(cfg: ServeConfig, s: Served, prompt_ids: list[int], schema: dict | None, opts: dict,
+                      param: str):
+    """Admit one streaming request (the 400s and 429s are still real HTTP statuses); returns the engine's Job."""
+    req = decode_request(s, prompt_ids, schema, opts, param)
+    with _engine_errors(cfg):
+        return await asyncio.wait_for(s.engine.enqueue(req, stream=True), timeout=cfg.request_timeout_s)
 
 
 def check_output(metrics: Metrics, s: Served, client_schema: dict | None, result) -> None:
@@ -154,18 +175,77 @@ def logprobs(s: Served, result) -> dict:
     return {"content": content, "refusal": None}
 
 
-async def sse(completion: dict, include_usage: bool):
-    """The finished completion as OpenAI chat.completion.chunk events (role, content, finish, [usage], DONE)."""
-    base = {k: completion[k] for k in ("id", "created", "model", "system_fingerprint")}
-    base["object"] = "chat.completion.chunk"
-    choice = completion["choices"][0]
-    events = [
-        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
-        {**base, "choices": [{"index": 0, "delta": {"content": choice["message"]["content"]}, "finish_reason": None}]},
-        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}]},
-    ]
-    if include_usage:
-        events.append({**base, "choices": [], "usage": completion["usage"]})
-    for event in events:
-        yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
-    yield "data: [DONE]\n\n"
+def _event(data) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def stream_chunks(cfg: ServeConfig, metrics: Metrics, s: Served, job, head: dict, include_usage: bool,
+                        client_schema: dict | None, on_answer=None):
+    """SSE events of one streaming completion, sent as they are decoded: a first chunk with the role, one
+    content chunk per decode step (or jump-forward span), the last with finish_reason, a usage chunk when
+    asked, then [DONE].
+
+    A stream that cannot finish properly ends with an OpenAI-style error event (`data: {"error": {...}}`, which
+    the openai client raises as an APIError) and then [DONE], never with finish_reason: a timeout, a decode
+    failure, or (strict mode) a finished output that breaks the client's schema, which is checked at the end
+    exactly as for a non-streaming answer. `on_answer(result)` runs (the request log) before the finish chunk.
+    A client that disconnects cancels its sequence, which leaves the batch at the next step.
+    """
+    base = {**head, "object": "chat.completion.chunk"}
+
+    def chunk(delta: dict, finish: str | None = None) -> str:
+        return _event({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+
+    def error(exc: APIError) -> str:
+        return _event({"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}})
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + cfg.request_timeout_s
+    stop_ids = set(s.decoder.stop_ids)
+    ids: list[int] = []
+    sent = ""
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while True:
+            try:
+                new = await asyncio.wait_for(job.deltas.get(), timeout=max(deadline - loop.time(), 0))
+            except (asyncio.TimeoutError, TimeoutError):
+                job.cancel()
+                yield error(APIError(504, f"no answer within {cfg.request_timeout_s:g} s (--request-timeout-s)",
+                                     type="timeout_error", code="timeout"))
+                yield "data: [DONE]\n\n"
+                return
+            if new is None:
+                break
+            ids += [t for t in new if t not in stop_ids]
+            text = s.tokenizer.decode(ids, skip_special_tokens=False)
+            if text.endswith("\ufffd") or not text.startswith(sent):  # a character split across tokens: wait
+                continue
+            if len(text) > len(sent):
+                yield chunk({"content": text[len(sent):]})
+                sent = text
+        try:
+            result = job.future.result()
+        except Exception as exc:  # noqa: BLE001 - the engine's decode failure
+            yield error(APIError(500, f"decoding failed: {_first_line(exc) or type(exc).__name__}",
+                                 type="server_error", code="decode_failed"))
+            yield "data: [DONE]\n\n"
+            return
+        metrics.add_result(s.task.name, result.prompt_tokens, result.completion_tokens, result.finish_reason)
+        try:
+            check_output(metrics, s, client_schema, result)
+        except APIError as exc:
+            yield error(exc)
+            yield "data: [DONE]\n\n"
+            return
+        if result.text.startswith(sent) and len(result.text) > len(sent):
+            yield chunk({"content": result.text[len(sent):]})
+        if on_answer is not None:
+            on_answer(result)
+        yield chunk({}, result.finish_reason)
+        if include_usage:
+            yield _event({**base, "choices": [], "usage": usage(result)})
+        yield "data: [DONE]\n\n"
+    finally:
+        if not job.future.done():  # the client left (or the stream failed): free the sequence's slot
+            job.cancel()

@@ -107,14 +107,14 @@ def gate_decoder(decoder):
     import threading
 
     gate = threading.Event()
-    original = decoder.generate
+    original = decoder.step
 
-    def held(requests):
+    def held(batch, joining=()):
         gate.wait(60)
-        return original(requests)
+        return original(batch, joining)
 
-    decoder.generate = held
-    return gate, lambda: setattr(decoder, "generate", original)
+    decoder.step = held
+    return gate, lambda: setattr(decoder, "step", original)
 
 
 @pytest.fixture(scope="module")

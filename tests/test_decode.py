@@ -301,10 +301,131 @@ def test_engine_batches_concurrent_requests(decoder, tiny, tool_picker):
     assert after.text == expected[0]
     stats = engine.stats()
     assert stats["requests"] == len(reqs) + 2 and stats["errors"] == 1
-    assert stats["batches"] < len(reqs) + 1
+    assert stats["steps"] < sum(r.completion_tokens for r in results)  # rows shared steps
     assert max(stats["batch_sizes"]) > 1
     assert stats["completion_tokens"] == sum(r.completion_tokens for r in results) + after.completion_tokens
     assert stats["queue_depth"] == 0 and not stats["running"]
+
+
+def test_rows_joining_a_running_batch_decode_exactly_as_alone(decoder, tiny, tool_picker):
+    """Continuous batching: rows join a running batch at later steps and leave when done; every output is
+    byte-identical to the request decoded alone (greedy), and the cache drops the columns no row uses."""
+    from schemabuild.decode import Batch, Request
+
+    _, tok, _ = tiny
+    schema = grammar_schema(tool_picker.output)
+    ps = prompts(tok, tool_picker, TEXTS)
+    reqs = [Request(ps[0], None, max_tokens=30, constrained=False), Request(ps[1], schema, max_tokens=20),
+            Request(ps[2], None, max_tokens=12), Request(ps[3], schema, max_tokens=3),
+            Request(ps[4], None, max_tokens=25, constrained=False), Request(ps[0], schema, max_tokens=16)]
+    alone = [decoder.generate([r])[0] for r in reqs]
+    joins = {0: [0, 1], 2: [2], 3: [3], 7: [4], 20: [5]}  # step -> requests joining then
+    batch, rows, sizes, widths, step = Batch(), {}, [], [], 0
+    while step <= max(joins) or batch.rows:
+        joining = joins.get(step, [])
+        sizes.append(len(batch.rows) + len(joining))
+        new, _ = decoder.step(batch, [reqs[i] for i in joining])
+        rows.update(zip(joining, new))
+        widths.append(0 if batch.mask is None else batch.mask.shape[1])
+        step += 1
+    got = [decoder.result(rows[i]) for i in range(len(reqs))]
+    assert [r.token_ids for r in got] == [r.token_ids for r in alone]
+    assert [r.text for r in got] == [r.text for r in alone]
+    assert [r.finish_reason for r in got] == [r.finish_reason for r in alone]
+    assert max(sizes) >= 4 and batch.cache is None and batch.tokens() == 0
+    longest = max(len(r.prompt_ids) + r.max_tokens for r in reqs)
+    assert max(widths) < longest + 64  # columns follow the rows in flight, not every prompt ever joined
+
+
+def test_engine_lets_a_late_short_request_finish_before_an_early_long_one(decoder, tiny, tool_picker):
+    from schemabuild.decode import Request
+    from serve.engine import Engine
+
+    _, tok, _ = tiny
+    ps = prompts(tok, tool_picker, TEXTS)
+    long = Request(ps[0], None, max_tokens=120, constrained=False)
+    short = Request(ps[1], grammar_schema(tool_picker.output), max_tokens=6)
+    expected = [decoder.generate([long])[0], decoder.generate([short])[0]]
+    engine = Engine(decoder, max_batch=8, window_ms=0)
+    order = []
+
+    async def main():
+        async def run(req, name):
+            res = await engine.submit(req)
+            order.append(name)
+            return res
+
+        first = asyncio.ensure_future(run(long, "long"))
+        while engine.stats()["rows_running"] == 0:
+            await asyncio.sleep(0.002)
+        second = asyncio.ensure_future(run(short, "short"))
+        return await first, await second
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        engine.stop()
+    assert order == ["short", "long"]
+    assert [r.token_ids for r in results] == [r.token_ids for r in expected]
+    assert max(engine.stats()["batch_sizes"]) == 2  # the short one joined the running batch
+
+
+def test_engine_cancelled_request_leaves_the_batch_and_frees_its_tokens(decoder, tiny, tool_picker):
+    from schemabuild.decode import Request
+    from serve.engine import Engine
+
+    _, tok, _ = tiny
+    [p] = prompts(tok, tool_picker, TEXTS[:1])
+    engine = Engine(decoder, max_batch=8, window_ms=0)
+
+    async def main():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(engine.submit(Request(p, None, max_tokens=1000, constrained=False)), 0.3)
+        for _ in range(500):
+            if engine.stats()["rows_running"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        return engine.stats()
+
+    try:
+        stats = asyncio.run(main())
+    finally:
+        engine.stop()
+    assert stats["cancelled"] == 1 and stats["rows_running"] == 0 and stats["tokens_in_flight"] == 0
+    assert stats["completion_tokens"] == 0  # it never finished: dropped at a step, not decoded to the end
+
+
+def test_engine_caps_tokens_in_flight(decoder, tiny, tool_picker):
+    import threading
+
+    from schemabuild.decode import Request
+    from serve.engine import Engine, QueueFull
+
+    _, tok, _ = tiny
+    [p] = prompts(tok, tool_picker, TEXTS[:1])
+    gate = threading.Event()
+    original = decoder.step
+    decoder.step = lambda batch, joining=(): (gate.wait(30), original(batch, joining))[1]
+    engine = Engine(decoder, max_batch=8, window_ms=0, max_tokens_in_flight=len(p) + 50)
+
+    async def main():
+        big = asyncio.ensure_future(engine.submit(Request(p, None, max_tokens=500, constrained=False)))
+        await asyncio.sleep(0.05)  # a lone request above the cap is still admitted
+        assert engine.stats()["tokens_in_flight"] == len(p) + 500
+        with pytest.raises(QueueFull) as info:
+            await engine.submit(Request(p, None, max_tokens=2))
+        assert info.value.code == "tokens_in_flight"
+        gate.set()
+        await big
+        return await engine.submit(Request(p, None, max_tokens=2))  # admitted again once it finished
+
+    try:
+        small = asyncio.run(main())
+    finally:
+        gate.set()
+        decoder.step = original
+        engine.stop()
+    assert small.completion_tokens == 2 and engine.stats()["tokens_in_flight"] == 0
 
 
 def test_engine_queue_full(decoder, tiny, tool_picker):
@@ -317,8 +438,8 @@ def test_engine_queue_full(decoder, tiny, tool_picker):
     [p] = prompts(tok, tool_picker, TEXTS[:1])
     req = Request(p, None, max_tokens=2)
     gate = threading.Event()
-    original = decoder.generate
-    decoder.generate = lambda rs: (gate.wait(30), original(rs))[1]
+    original = decoder.step
+    decoder.step = lambda batch, joining=(): (gate.wait(30), original(batch, joining))[1]
     engine = Engine(decoder, max_batch=1, window_ms=0, max_queue=1)
 
     async def main():
@@ -338,7 +459,7 @@ def test_engine_queue_full(decoder, tiny, tool_picker):
         a, b = asyncio.run(main())
     finally:
         gate.set()
-        decoder.generate = original
+        decoder.step = original
         engine.stop()
     assert a.completion_tokens == b.completion_tokens == 2
 

@@ -39,6 +39,7 @@ def test_playground_page_is_served(server):
     r = httpx.get(server.url + "/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert 'id="task"' in r.text and "/predict" in r.text and 'id="key"' in r.text
+    assert "stream: true" in r.text and "getReader()" in r.text  # the answer is read as it streams
 
 
 @pytest.mark.browser
