@@ -20,8 +20,8 @@ from schemabuild.runs import Run, latest_run, read_json, resolve_run
 from schemabuild.synth import SynthConfig, run_synth_config, synthesize
 from schemabuild.train import TrainConfig, is_main, train_run, world_size
 
-DEFAULT_N = 1000
-"""Training pairs synthesized when there is no earlier data to take the size from."""
+DEFAULT_N = SynthConfig.n
+"""Training pairs synthesized when there is no earlier data to take the size from (synth's own default, 800)."""
 
 
 def train_task(task, cfg: TrainConfig, runs_dir=None) -> Path:

@@ -71,7 +71,7 @@ class TrainConfig:
     run: str | None = None
     """Train in this run directory or run id [default: the latest run if its data is fresh and untrained, else a new run]."""
     n: int | None = None
-    """Training pairs to synthesize [default: reuse the latest run's fresh data whatever its size; 1000 when there is
+    """Training pairs to synthesize [default: reuse the latest run's fresh data whatever its size; 800 when there is
     none]. A different --n than the data has asks for new data (made with the same teacher settings)."""
     refine: int = 0
     """Rounds of error-driven refinement after the first evaluation (0 = none)."""
