@@ -10,8 +10,10 @@
 """
 
 from schemabuild.synth.formats import DATASET_FORMATS, export_dataset
-from schemabuild.synth.stage import SynthConfig, data_is_fresh, data_settings, run_synth_config, synthesize
+from schemabuild.synth.stage import (SynthConfig, data_is_fresh, data_settings, read_log_inputs, run_synth_config,
+                                     synthesize)
 from schemabuild.synth.teachers import make_teacher, teacher_configured
 
 __all__ = ["DATASET_FORMATS", "SynthConfig", "data_is_fresh", "data_settings", "export_dataset", "make_teacher",
+           "read_log_inputs",
            "run_synth_config", "synthesize", "teacher_configured"]
