@@ -385,10 +385,14 @@ def sft_config(cfg: TrainConfig, output_dir: Path, *, lr: float, epochs: float, 
 
 def make_trainer(model, tokenizer, args, train_rows: list[dict], peft_config=None, callbacks=()):
     """A TRL SFTTrainer over pre-tokenized rows: TRL turns `completion_mask` into labels (-100 on the prompt)."""
+    import warnings
+
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
+    # TRL asks PEFT models the deprecated `is_gradient_checkpointing`: a library-internal notice, not the user's.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows), processing_class=tokenizer,
                          peft_config=peft_config, callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; Progress prints one plain line instead
