@@ -17,8 +17,8 @@ import threading
 from typing import Any
 
 from schemabuild.errors import GrammarError  # noqa: F401 - re-exported: `from schemabuild.decode import GrammarError`
-from schemabuild.batch import Batch  # noqa: F401 - re-exported
-from schemabuild.grammar import JSON_OBJECT_EBNF, compile_grammar, grammar_cache_size, grammar_key  # noqa: F401 - re-exported
+from schemabuild.batch import Batch
+from schemabuild.grammar import compile_grammar
 
 # Jump-forward takes at most this much forced text per step; the rest is forced again on the next step.
 MAX_JUMP_BYTES = 256

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import Any
 
 from schemabuild.decode import GrammarError, Request as DecodeRequest
 from serve.config import ServeConfig
