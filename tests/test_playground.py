@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
+import select
 import subprocess
+import time
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -18,15 +21,79 @@ CHROMIUM = Path("/usr/bin/chromium")
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)")
 
 
-def dump_dom(url: str, tmp_path) -> str:
-    """The page's DOM after its scripts ran (virtual time waits for the page's fetches)."""
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=30000",
-           "--dump-dom", url]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+class Browser:
+    """Headless Chromium driven over the DevTools protocol on a pipe (fds 3 and 4, NUL-separated JSON).
+
+    `--dump-dom` with a virtual-time budget cannot wait for a streamed response (virtual time runs out while the
+    body is still arriving), so the page is loaded and then polled in real time until its scripts say they are done.
+    """
+
+    def __init__(self, tmp_path):
+        to_child, self._to_child = os.pipe()
+        self._from_child, from_child = os.pipe()
+
+        def wire():  # in the child: the protocol wants commands on fd 3 and answers on fd 4
+            os.dup2(to_child, 3)
+            os.dup2(from_child, 4)
+
+        cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}", "--remote-debugging-pipe",
+               "about:blank"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=wire, pass_fds=(3, 4))
+        os.close(to_child)
+        os.close(from_child)
+        self._buffer, self._next_id, self.session = b"", 0, None
+
+    def call(self, method: str, params: dict | None = None, timeout: float = 30.0) -> dict:
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params or {}}
+        if self.session:
+            message["sessionId"] = self.session
+        os.write(self._to_child, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\0" in self._buffer:
+                raw, self._buffer = self._buffer.split(b"\0", 1)
+                answer = json.loads(raw)
+                if answer.get("id") == self._next_id:
+                    assert "error" not in answer, answer["error"]
+                    return answer["result"]
+            left = deadline - time.monotonic()
+            assert left > 0, f"Chromium did not answer {method} in {timeout} s"
+            ready, _, _ = select.select([self._from_child], [], [], left)
+            if ready:
+                chunk = os.read(self._from_child, 1 << 16)
+                assert chunk, "Chromium closed the DevTools pipe"
+                self._buffer += chunk
+
+    def evaluate(self, expression: str):
+        return self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True})["result"].get("value")
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        os.close(self._to_child)
+        os.close(self._from_child)
+
+
+def dump_dom(url: str, tmp_path, timeout: float = 90.0) -> str:
+    """The page's DOM once its scripts have finished (`data-state` on <body> is done or error), or at the timeout."""
+    browser = Browser(tmp_path)
+    try:
+        page = next(t for t in browser.call("Target.getTargets")["targetInfos"] if t["type"] == "page")
+        browser.session = browser.call("Target.attachToTarget", {"targetId": page["targetId"], "flatten": True})[
+            "sessionId"]
+        browser.call("Page.navigate", {"url": url})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if browser.evaluate("document.body ? document.body.dataset.state || '' : ''") in ("done", "error"):
+                break
+            time.sleep(0.1)
+        return browser.evaluate("document.documentElement.outerHTML")
+    finally:
+        browser.close()
 
 
 def element_text(dom: str, element_id: str) -> str:
