@@ -139,3 +139,52 @@ def _resolve(root: dict, ref: str) -> Any:
         else:
             return False
     return target
+
+
+IN_PLACE = ("anyOf", "oneOf", "allOf", "not", "if", "then", "else", "dependentSchemas")
+"""Keywords whose subschemas apply to the same instance (no object or array step in between)."""
+
+
+def check_left_recursion(schema: Any) -> None:
+    """Refuse a `$ref` that leads back to itself through in-place keywords only (`anyOf`, `allOf`, another
+    `$ref`, ...): no instance is ever checked against something smaller, so a validator recurses forever."""
+    refs: list[str] = []
+
+    def collect(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str) and node["$ref"].startswith("#"):
+                refs.append(node["$ref"])
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    def in_place_refs(node: Any, out: list[str]) -> list[str]:
+        if isinstance(node, list):
+            for item in node:
+                in_place_refs(item, out)
+        elif isinstance(node, dict):
+            if isinstance(node.get("$ref"), str) and node["$ref"].startswith("#"):
+                out.append(node["$ref"])
+            for key in IN_PLACE:
+                sub = node.get(key)
+                in_place_refs(list(sub.values()) if key == "dependentSchemas" and isinstance(sub, dict) else sub, out)
+        return out
+
+    collect(schema)
+    state: dict[str, int] = {}  # 1: on the current path, 2: no cycle through it
+
+    def visit(ref: str, path: str) -> None:
+        if state.get(ref) == 2:
+            return
+        if state.get(ref) == 1:
+            raise SchemaRefused("$ref", path, f"{ref!r} leads back to itself through anyOf/allOf/oneOf/$ref alone, "
+                                              "with no object or array in between: no validator can check it")
+        state[ref] = 1
+        for nxt in in_place_refs(_resolve(schema, ref), []):
+            visit(nxt, ref)
+        state[ref] = 2
+
+    for ref in dict.fromkeys(refs):
+        visit(ref, ref)

@@ -18,7 +18,7 @@ import json
 import re
 from typing import Any
 
-from serve.schema_size import INF, Limits, SchemaRefused, _check_finite, _types
+from serve.schema_size import INF, Limits, SchemaRefused, _check_finite, _types, check_left_recursion
 
 __all__ = ["Limits", "SchemaRefused", "output_violation", "prepare_schema"]
 
@@ -55,6 +55,7 @@ def prepare_schema(schema: Any, strict: bool = True, limits: Limits = Limits()) 
     walk = _Walk(schema, strict, limits)
     out = walk.node(copy.deepcopy(schema), "$")
     _check_finite(out, limits)
+    check_left_recursion(schema)  # the client's schema: the output is checked against it as written
     return out, sorted(set(walk.relaxed))
 
 
@@ -99,7 +100,11 @@ def output_violation(schema: dict, text: str) -> str | None:
     except ValueError as exc:
         return f"the output is not JSON ({exc})"
     cls = jsonschema.validators.validator_for(schema)
-    error = jsonschema.exceptions.best_match(cls(schema).iter_errors(value))
+    try:
+        error = jsonschema.exceptions.best_match(cls(schema).iter_errors(value))
+    except RecursionError:
+        return "the output is nested too deeply to check against the schema"
+
     if error is None:
         return None
     return f"{_path(error.absolute_path)}: {error.message[:200]}"

@@ -49,6 +49,10 @@ def valid_or_cut(r: httpx.Response, schema: dict) -> None:
 @pytest.mark.parametrize("schema, words", [
     ({"type": "object", "properties": {"child": {"$ref": "#"}}, "required": ["child"]}, "finite instance"),
     ({"$ref": "#"}, "$ref"),
+    # found by the fuzz: jsonschema itself recursed forever on the output check (a 500)
+    ({"anyOf": [{"$ref": "#"}, {"type": "string"}]}, "leads back to itself"),
+    ({"$defs": {"a": {"allOf": [{"$ref": "#/$defs/b"}]}, "b": {"anyOf": [{"$ref": "#/$defs/a"}, {"type": "null"}]}},
+      "type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}}, "leads back to itself"),
     ({"not": {}}, "not"),
     ({"allOf": [{"type": "string"}, {"type": "integer"}]}, "allOf"),
     ({"type": "integer", "enum": ["a", "b"]}, "enum"),
