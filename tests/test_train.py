@@ -142,6 +142,30 @@ def test_labels_mask_the_prompt_and_train_the_end_of_turn(tool_picker, tiny_mode
     assert tok.decode(labels[n_prompt:-1]) == canonical_json(ex.output)
 
 
+def test_group_by_length_batches_rows_of_similar_length(tool_picker, tiny_model_dir, tmp_path):
+    """The default sampler puts rows of like length in a batch (less padding); --no-group-by-length does not."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from schemabuild.contract import canonical_json
+    from schemabuild.train import make_trainer, sft_config
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = [encode_example(tok, "Pick a tool.", "play " + "la " * (i % 24), canonical_json(ex.output))
+            for i, ex in zip(range(192), tool_picker.examples * 8)]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+
+    def padding(group: bool) -> float:
+        args = sft_config(TrainConfig(**QUICK, group_by_length=group), tmp_path / f"ckpt{group}", lr=1e-3, epochs=1,
+                          batch_size=8, max_length=512, device="cpu", bf16=False)
+        batches = list(make_trainer(model, tok, args, rows).get_train_dataloader())
+        assert sum(len(b["input_ids"]) for b in batches) == len(rows)  # every row, once
+        real = sum(int(b["attention_mask"].sum()) for b in batches)
+        return 1 - real / sum(b["attention_mask"].numel() for b in batches)
+
+    grouped, shuffled = padding(True), padding(False)
+    assert grouped < shuffled / 3, (grouped, shuffled)
+
+
 # ---- full training of the tiny base (the shared fixture) ---------------------------------------------------
 
 @pytest.mark.slow

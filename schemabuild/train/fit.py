@@ -370,6 +370,7 @@ def sft_config(cfg: TrainConfig, output_dir: Path, *, lr: float, epochs: float, 
         packing_strategy="bfd",
         completion_only_loss=True,  # our rows carry `completion_mask` (not prompt/completion columns): say so
         shuffle_dataset=True,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
         save_strategy="steps",

