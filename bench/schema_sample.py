@@ -159,8 +159,8 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from schemabuild.decode import GrammarError
-    from serve.compiler import GrammarPool
-    from serve.schemas import SchemaRefused, prepare_schema
+    from schemabuild.serve.compiler import GrammarPool
+    from schemabuild.serve.schemas import SchemaRefused, prepare_schema
     from tests.serving import build_quick
 
     ap = argparse.ArgumentParser()

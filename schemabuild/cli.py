@@ -21,8 +21,8 @@ from schemabuild.runs import resolve_run
 from schemabuild.synth import DATASET_FORMATS, SynthConfig, export_dataset, synthesize
 from schemabuild.task import TaskError, describe, list_tasks, load_task, tasks_dir as resolve_tasks_dir, write_template
 from schemabuild.train import MODEL_FORMATS, TrainConfig, export_merged, export_vllm
-from serve.app import run_server
-from serve.config import ServeConfig
+from schemabuild.serve.app import run_server
+from schemabuild.serve.config import ServeConfig
 
 TASKS_DIR = click.option("--tasks-dir", type=click.Path(path_type=Path), default=None, envvar="SCHEMABUILD_TASKS",
                          help="Folder of task files [default: ./tasks].")

@@ -1,5 +1,5 @@
 """Constrained decoding: our own KV-cached decode loop over a transformers model, with xgrammar masks,
-jump-forward and batching (the server's request batcher, `serve.engine.Engine`, drives it).
+jump-forward and batching (the server's request batcher, `schemabuild.serve.engine.Engine`, drives it).
 
     decoder = Decoder(model, tokenizer, stop_ids=contract["stop_ids"])
     [result] = decoder.generate([Request(prompt_ids, grammar_schema(task.output))])

@@ -18,15 +18,15 @@ import time
 from typing import Any, Iterator
 
 from schemabuild.config import ConfigError
-from serve.config import ServeConfig
-from serve.models import Served, _as_served, load_models
-from serve.protocol import ChatMessage  # noqa: F401  (re-exported for callers of serve.app)
-from serve.errors import install_handlers
-from serve.metrics import Metrics
-from serve.middleware import Guard
-from serve.compiler import GrammarPool
-from serve.engine import Engine
-from serve.requestlog import RequestLog
+from schemabuild.serve.config import ServeConfig
+from schemabuild.serve.models import Served, _as_served, load_models
+from schemabuild.serve.protocol import ChatMessage  # noqa: F401  (re-exported for callers of serve.app)
+from schemabuild.serve.errors import install_handlers
+from schemabuild.serve.metrics import Metrics
+from schemabuild.serve.middleware import Guard
+from schemabuild.serve.compiler import GrammarPool
+from schemabuild.serve.engine import Engine
+from schemabuild.serve.requestlog import RequestLog
 from schemabuild import __version__
 
 __all__ = ["ServeConfig", "Served", "create_app", "load_models", "serve_in_thread", "run_server"]
@@ -39,7 +39,7 @@ def create_app(models: list, cfg: ServeConfig | None = None):
     """
     from fastapi import FastAPI
 
-    from serve.routes import router
+    from schemabuild.serve.routes import router
 
     cfg = cfg or ServeConfig()
     served = {s.task.name: s for s in (_as_served(m) for m in models)}

@@ -153,7 +153,7 @@ class GrammarPool:
         import multiprocessing
 
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["xgrammar", "serve.compiler"])
+        ctx.set_forkserver_preload(["xgrammar", "schemabuild.serve.compiler"])
         return _Worker(ctx, self._info_json, self.memory_mb)
 
     def _compile_uncached(self, schema: dict | None):

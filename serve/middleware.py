@@ -3,9 +3,9 @@
 import hmac
 import time
 
-from serve.config import ServeConfig
-from serve.errors import APIError, send_error
-from serve.metrics import Metrics
+from schemabuild.serve.config import ServeConfig
+from schemabuild.serve.errors import APIError, send_error
+from schemabuild.serve.metrics import Metrics
 
 OPEN_PATHS = {"/healthz", "/", "/favicon.ico"}
 

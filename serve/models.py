@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from schemabuild.config import ConfigError
-from serve.config import ServeConfig
+from schemabuild.serve.config import ServeConfig
 from schemabuild.runs import resolve_run
 from schemabuild.decode import Decoder
 from schemabuild.models import adapter_base, is_adapter, load_adapters, load_checked, resolve_device

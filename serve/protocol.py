@@ -6,7 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from schemabuild.decode import MIN_TEMPERATURE
-from serve.errors import APIError, _first_line, _param, _validation_error
+from schemabuild.serve.errors import APIError, _first_line, _param, _validation_error
 
 MAX_INT = 2**31 - 1
 MIN_TOP_P = 1e-6

@@ -10,11 +10,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel
 
-from serve.errors import APIError
-from serve.models import Served
-from serve.protocol import ChatRequest, PredictRequest, _parse_body
-from serve.requestlog import log_row
-from serve.serving import (chat_prompt_ids, check_output, confidence, generate, logprobs, open_stream,
+from schemabuild.serve.errors import APIError
+from schemabuild.serve.models import Served
+from schemabuild.serve.protocol import ChatRequest, PredictRequest, _parse_body
+from schemabuild.serve.requestlog import log_row
+from schemabuild.serve.serving import (chat_prompt_ids, check_output, confidence, generate, logprobs, open_stream,
                            requested_schema, sampling, stream_chunks, task_output, usage)
 from schemabuild.contract import encode_prompt, system_prompt
 

@@ -18,7 +18,7 @@ import json
 import re
 from typing import Any
 
-from serve.schema_size import INF, Limits, SchemaRefused, _check_finite, _types, check_left_recursion
+from schemabuild.serve.schema_size import INF, Limits, SchemaRefused, _check_finite, _types, check_left_recursion
 
 __all__ = ["Limits", "SchemaRefused", "output_violation", "prepare_schema"]
 

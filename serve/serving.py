@@ -10,13 +10,13 @@ import contextlib
 import json
 
 from schemabuild.decode import GrammarError, Request as DecodeRequest
-from serve.config import ServeConfig
-from serve.engine import QueueFull
-from serve.errors import APIError, _first_line
-from serve.metrics import Metrics
-from serve.models import Served
-from serve.protocol import ChatMessage, ResponseFormat
-from serve.schemas import SchemaRefused, output_violation, prepare_schema
+from schemabuild.serve.config import ServeConfig
+from schemabuild.serve.engine import QueueFull
+from schemabuild.serve.errors import APIError, _first_line
+from schemabuild.serve.metrics import Metrics
+from schemabuild.serve.models import Served
+from schemabuild.serve.protocol import ChatMessage, ResponseFormat
+from schemabuild.serve.schemas import SchemaRefused, output_violation, prepare_schema
 from schemabuild.contract import encode_prompt, student_prompt, system_prompt
 from schemabuild.task import TaskError
 from schemabuild.predictor import field_confidence

@@ -77,7 +77,7 @@ class Running:
 @contextlib.contextmanager
 def running_server(tasks: list, model_dirs: list, **settings) -> Iterator[Running]:
     """Load the models, build the app and serve it on a free loopback port for the duration."""
-    from serve.app import ServeConfig, create_app, load_models, serve_in_thread
+    from schemabuild.serve.app import ServeConfig, create_app, load_models, serve_in_thread
 
     cfg = ServeConfig(device="cpu", **settings)
     served = load_models(tasks, cfg, model_dirs=model_dirs)

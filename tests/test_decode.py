@@ -275,7 +275,7 @@ def test_jump_forward_equals_plain_greedy_on_gold_set(trained_run, tool_picker):
 
 def test_engine_batches_concurrent_requests(decoder, tiny, tool_picker):
     from schemabuild.decode import GrammarError, Request
-    from serve.engine import Engine
+    from schemabuild.serve.engine import Engine
 
     _, tok, _ = tiny
     schema = grammar_schema(tool_picker.output)
@@ -339,7 +339,7 @@ def test_rows_joining_a_running_batch_decode_exactly_as_alone(decoder, tiny, too
 
 def test_engine_lets_a_late_short_request_finish_before_an_early_long_one(decoder, tiny, tool_picker):
     from schemabuild.decode import Request
-    from serve.engine import Engine
+    from schemabuild.serve.engine import Engine
 
     _, tok, _ = tiny
     ps = prompts(tok, tool_picker, TEXTS)
@@ -372,7 +372,7 @@ def test_engine_lets_a_late_short_request_finish_before_an_early_long_one(decode
 
 def test_engine_cancelled_request_leaves_the_batch_and_frees_its_tokens(decoder, tiny, tool_picker):
     from schemabuild.decode import Request
-    from serve.engine import Engine
+    from schemabuild.serve.engine import Engine
 
     _, tok, _ = tiny
     [p] = prompts(tok, tool_picker, TEXTS[:1])
@@ -399,7 +399,7 @@ def test_engine_caps_tokens_in_flight(decoder, tiny, tool_picker):
     import threading
 
     from schemabuild.decode import Request
-    from serve.engine import Engine, QueueFull
+    from schemabuild.serve.engine import Engine, QueueFull
 
     _, tok, _ = tiny
     [p] = prompts(tok, tool_picker, TEXTS[:1])
@@ -432,7 +432,7 @@ def test_engine_queue_full(decoder, tiny, tool_picker):
     import threading
 
     from schemabuild.decode import Request
-    from serve.engine import Engine, QueueFull
+    from schemabuild.serve.engine import Engine, QueueFull
 
     _, tok, _ = tiny
     [p] = prompts(tok, tool_picker, TEXTS[:1])

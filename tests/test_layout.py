@@ -16,10 +16,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("schemabuild", "serve")
+PACKAGES = {"schemabuild": "schemabuild", "schemabuild.serve": "serve"}  # import name: folder (pyproject's package-dir)
 LAYERS = {
-    "entry": ["schemabuild.cli", "schemabuild.client", "schemabuild.__main__", "schemabuild.train.__main__", "serve"],
+    "entry": ["schemabuild.cli", "schemabuild.client", "schemabuild.__main__", "schemabuild.train.__main__",
+              "schemabuild.serve"],
     "loops": ["schemabuild.pipeline", "schemabuild.refine"],
     "stages": ["schemabuild.synth", "schemabuild.train", "schemabuild.evaluate"],
     "engine": ["schemabuild.models", "schemabuild.bases", "schemabuild.grammar", "schemabuild.batch", "schemabuild.decode",
@@ -34,25 +37,30 @@ MAX_FUNCTION_LINES = 80
 LONG_FUNCTIONS_ALLOWED = {"schemabuild/config.py:click_options"}  # turns a dataclass into the CLI option list
 PENDING_SPLIT: set[str] = set()  # files exempt while being split (none now)
 # The one lazy project import: the app factory loads the routes (which need fastapi at import) when it builds an app,
-# so the CLI can import `serve.app.run_server` and `schemabuild --help` still loads no fastapi.
-LAZY_HTTP = {("serve/app.py", "serve.routes")}
+# so the CLI can import `schemabuild.serve.app.run_server` and `schemabuild --help` still loads no fastapi.
+LAZY_HTTP = {("serve/app.py", "schemabuild.serve.routes")}
+
+
+def module_name(path: Path) -> str:
+    """The import name of a project file (serve/ installs as schemabuild.serve)."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    name = ".".join(parts)
+    for package, folder in PACKAGES.items():
+        if name == folder or name.startswith(folder + "."):
+            return package + name[len(folder):]
+    raise AssertionError(f"{path} is in no package")
 
 
 def modules() -> dict[str, Path]:
-    out = {}
-    for pkg in PACKAGES:
-        for path in sorted((ROOT / pkg).rglob("*.py")):
-            parts = list(path.relative_to(ROOT).with_suffix("").parts)
-            if parts[-1] == "__init__":
-                parts = parts[:-1]
-            out[".".join(parts)] = path
-    return out
+    return {module_name(path): path for folder in PACKAGES.values() for path in sorted((ROOT / folder).rglob("*.py"))}
 
 
 def imports(path: Path, known: dict[str, Path]) -> list[tuple[str, int, bool]]:
     """(project module imported, line, inside a function) for every import statement, at any depth."""
     tree = ast.parse(path.read_text())
-    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
     found = []
 
     def visit(node, in_function: bool) -> None:
@@ -151,7 +159,7 @@ def test_the_cli_loads_no_heavy_library():
 
 def test_no_file_or_function_is_too_long():
     long = []
-    for pkg in PACKAGES:
+    for pkg in PACKAGES.values():
         for path in sorted((ROOT / pkg).rglob("*.py")):
             rel = path.relative_to(ROOT)
             if str(rel) in PENDING_SPLIT:
@@ -165,3 +173,20 @@ def test_no_file_or_function_is_too_long():
                     if n > MAX_FUNCTION_LINES and f"{rel}:{node.name}" not in LONG_FUNCTIONS_ALLOWED:
                         long.append(f"{rel}:{node.lineno}: {node.name} is {n} lines")
     assert not long, "split these:\n" + "\n".join(long)
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_every_module_and_no_bare_serve_package(tmp_path):
+    """A non-editable install gets every subpackage (serve/ as schemabuild.serve, with its page) and nothing else."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+                    str(ROOT)], check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("schemabuild-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {name.replace(".", "/") + ("/__init__.py" if path.name == "__init__.py" else ".py")
+                for name, path in modules().items()}
+    assert expected <= names, sorted(expected - names)
+    assert "schemabuild/serve/static/index.html" in names
+    assert not [n for n in names if n.split("/")[0] not in ("schemabuild", wheel.name.split("-")[0] + "-" +
+                                                          wheel.name.split("-")[1] + ".dist-info")]

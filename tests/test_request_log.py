@@ -16,7 +16,7 @@ CHAT = "/v1/chat/completions"
 
 
 def test_lines_are_whole_and_rotate_by_size(tmp_path):
-    from serve.requestlog import RequestLog
+    from schemabuild.serve.requestlog import RequestLog
 
     log = RequestLog(tmp_path / "logs" / "req.jsonl", max_bytes=1000)
     rows = [{"messages": [{"role": "user", "content": f"message {i} " + "é" * (i % 7)}], "n": i} for i in range(60)]

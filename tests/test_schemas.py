@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve.schemas import SchemaRefused, output_violation, prepare_schema
+from schemabuild.serve.schemas import SchemaRefused, output_violation, prepare_schema
 
 REFUSED = [
     ({"not": {}}, "not", "$.not"),

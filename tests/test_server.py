@@ -78,8 +78,8 @@ def test_chat_completion_is_a_proper_chat_completion_object(server, quick):
 
 def test_chat_prompts_are_the_contract_prompts(server, quick):
     from schemabuild.contract import encode_prompt, system_prompt
-    from serve.protocol import ChatMessage
-    from serve.serving import chat_prompt_ids as _chat_prompt_ids
+    from schemabuild.serve.protocol import ChatMessage
+    from schemabuild.serve.serving import chat_prompt_ids as _chat_prompt_ids
 
     [s] = server.served
     tok = s.tokenizer
@@ -214,7 +214,7 @@ def test_api_key_is_required_on_every_route_but_healthz(quick):
 
 def test_api_key_defaults_to_the_environment(monkeypatch):
     from schemabuild.config import ConfigError
-    from serve.app import ServeConfig
+    from schemabuild.serve.app import ServeConfig
 
     assert ServeConfig().api_key is None
     monkeypatch.setenv("SCHEMABUILD_API_KEY", "from-env")
@@ -299,7 +299,7 @@ def test_adapters_on_one_base_share_it_and_each_answers(tmp_path, monkeypatch):
 
     from schemabuild.contract import build_contract, save_contract
     from schemabuild.train.tiny import TinyConfig, build_tiny
-    from serve.app import create_app, serve_in_thread, ServeConfig, load_models
+    from schemabuild.serve.app import create_app, serve_in_thread, ServeConfig, load_models
 
     task_a, task_b = _second_task(tmp_path, monkeypatch)
     base = build_tiny(task_a, tmp_path / "base", config=TinyConfig(num_layers=2))
@@ -335,7 +335,7 @@ def test_adapters_on_one_base_share_it_and_each_answers(tmp_path, monkeypatch):
 def test_a_model_whose_contract_does_not_match_is_a_clear_startup_error(tmp_path, tiny_model_dir, tool_picker):
     from schemabuild.cli import main
     from schemabuild.contract import ContractError
-    from serve.app import ServeConfig, load_models
+    from schemabuild.serve.app import ServeConfig, load_models
 
     model = tmp_path / "runs" / "tool_picker" / "r1" / "model"
     shutil.copytree(tiny_model_dir, model)
@@ -353,7 +353,7 @@ def test_a_model_whose_contract_does_not_match_is_a_clear_startup_error(tmp_path
 def test_serve_without_a_trained_run_or_with_run_for_two_tasks_is_a_one_line_error(tmp_path, tool_picker):
     from schemabuild.cli import main
     from schemabuild.config import ConfigError
-    from serve.app import ServeConfig, load_models
+    from schemabuild.serve.app import ServeConfig, load_models
 
     result = CliRunner().invoke(main, ["serve", "tool_picker", "--runs-dir", str(tmp_path / "empty")])
     assert result.exit_code != 0 and "schemabuild train tool_picker" in result.output

@@ -127,9 +127,9 @@ def test_a_client_that_leaves_cancels_its_sequence(srv, slow_steps):
 
 
 def test_a_stream_whose_output_breaks_the_schema_ends_with_an_error_not_a_finish(srv, monkeypatch):
-    import serve.serving
+    import schemabuild.serve.serving
 
-    monkeypatch.setattr(serve.serving, "output_violation", lambda schema, text: "$.tool: made up for the test")
+    monkeypatch.setattr(schemabuild.serve.serving, "output_violation", lambda schema, text: "$.tool: made up for the test")
     schema = {"type": "object", "properties": {"tool": {"enum": ["a", "b"]}}, "required": ["tool"],
               "additionalProperties": False}
     fmt = {"type": "json_schema", "json_schema": {"name": "t", "schema": schema, "strict": True}}
