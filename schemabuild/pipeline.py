@@ -18,7 +18,7 @@ from schemabuild.evaluate import evaluate_run, format_summary, primary
 from schemabuild.refine import refine
 from schemabuild.runs import Run, latest_run, read_json, resolve_run
 from schemabuild.synth import SynthConfig, run_synth_config, synthesize
-from schemabuild.train import TrainConfig, is_main, train_run, world_size
+from schemabuild.train import TrainConfig, check_base_arg, is_main, train_run, world_size
 
 DEFAULT_N = SynthConfig.n
 """Training pairs synthesized when there is no earlier data to take the size from (synth's own default, 800)."""
@@ -26,6 +26,7 @@ DEFAULT_N = SynthConfig.n
 
 def train_task(task, cfg: TrainConfig, runs_dir=None) -> Path:
     """`schemabuild train`: synthesize if needed, fine-tune, evaluate, refine; print where everything went."""
+    check_base_arg(cfg.base)  # a mistyped --base fails now, not after synthesis (possibly paid teacher calls)
     run_dir = pick_run(task, cfg, runs_dir)
     model_dir = train_run(task, run_dir, cfg)
     if not is_main():

