@@ -105,7 +105,7 @@ def overlap_report(train_inputs: list[str], gold_inputs: list[str], n: int = 3) 
     train_grams = set().union(*(word_ngrams(t, n) for t in train_inputs)) if train_inputs else set()
     gold_grams = set().union(*(word_ngrams(g, n) for g in gold_inputs)) if gold_inputs else set()
     train_sh = [shingles(t) for t in train_inputs]
-    nearest = [max((jaccard(shingles(g), t) for t in train_sh), default=0.0) for g in gold_inputs]
+    nearest = [max((jaccard(gold, t) for t in train_sh), default=0.0) for gold in map(shingles, gold_inputs)]
     return {"gold_rows": len(gold_inputs), "exact": sum(normalize(g) in train_norm for g in gold_inputs),
             f"word_{n}gram_share": round(len(gold_grams & train_grams) / max(1, len(gold_grams)), 4),
             "nearest_mean": round(sum(nearest) / max(1, len(nearest)), 4), "nearest_max": round(max(nearest, default=0.0), 4)}
