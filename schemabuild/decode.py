@@ -7,6 +7,12 @@ jump-forward and batching (the server's request batcher, `serve.engine.Engine`, 
 One batch = one left-padded KV cache. Each forward pass feeds every live row its pending tokens (the
 prompt, then the token just chosen plus any jump-forward tokens), right-aligned with an attention mask
 and explicit position ids, so rows of different lengths share the pass. Finished rows leave the cache.
+
+Prefix reuse: a request may name its first `prefix_len` prompt tokens as a prefix many requests share (the system
+prompt and chat template up to the user's text: `contract.prompt_prefix`). That prefix's KV is computed once per
+(adapter, token ids), kept in a small LRU, and a new row's prefill starts from a copy of it and feeds only the rest.
+Keys carry their absolute positions (rotary) and the rest is fed at positions prefix_len onward, so the row
+computes what a full prefill computes.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import threading
 from typing import Any
 
 from schemabuild.errors import GrammarError  # noqa: F401 - re-exported: `from schemabuild.decode import GrammarError`
-from schemabuild.batch import Batch
+from schemabuild.batch import Batch, PrefixCache, start_from_prefixes
 from schemabuild.grammar import compile_grammar
 
 # Jump-forward takes at most this much forced text per step; the rest is forced again on the next step.
@@ -49,6 +55,9 @@ class Request:
     """False = no grammar at all (benchmarks and debugging only; `schema` is ignored)."""
     grammar: Any = None
     """An xgrammar CompiledGrammar already compiled for `schema` (the server compiles off the decode thread)."""
+    prefix_len: int = 0
+    """Leading prompt tokens shared by many requests (`contract.shared_prefix_len`), whose KV the decoder keeps and
+    reuses; 0 = none. The ids themselves are the cache key, so a wrong length only costs a cache entry."""
 
 
 @dataclasses.dataclass
@@ -102,7 +111,9 @@ class _Row:
 class Decoder:
     """Batched, grammar-constrained decoding with a KV cache over a transformers causal LM."""
 
-    def __init__(self, model, tokenizer, stop_ids: list[int], device=None, jump_forward: bool = True):
+    def __init__(self, model, tokenizer, stop_ids: list[int], device=None, jump_forward: bool = True,
+                 prefix_cache: int = 8):
+        """`prefix_cache`: how many shared prompt prefixes (see Request.prefix_len) keep their KV; 0 = no reuse."""
         import torch
         import xgrammar as xgr
 
@@ -122,6 +133,7 @@ class Decoder:
         self._splits: dict[bytes, set[int]] | None = None
         self._first_byte = None
         self._lock = threading.Lock()  # one generate at a time per model (the Engine's thread and others)
+        self.prefixes = PrefixCache(prefix_cache)
 
     # -- public --
 
@@ -150,7 +162,6 @@ class Decoder:
         own grammar matcher, jump-forward and stop, so a row decodes exactly as it would alone.
         """
         import torch
-        from transformers import DynamicCache
 
         new_rows = [self._new_row(i, r) for i, r in enumerate(joining)]
         with self._lock, torch.inference_mode():
@@ -165,8 +176,8 @@ class Decoder:
                             self._jump(row, bitmask, b)
                 live = [row for row in new_rows if row.finish is None]
                 if live:
-                    empty = torch.zeros((len(live), 0), dtype=torch.long, device=self.device)
-                    cache, mask = self._pass(live, DynamicCache(), empty)
+                    cache, mask = self._start(live, batch.adapter)
+                    cache, mask = self._pass(live, cache, mask)
                     batch.merge(live, cache, mask)
             finished = [row for row in batch.rows if row.finish is not None]
             early = {id(row) for row in live} if new_rows else set()
@@ -192,6 +203,8 @@ class Decoder:
             raise ValueError(f"prompt_ids: token ids must be in [0, {self.vocab_size})")
         if r.max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
+        if not 0 <= r.prefix_len <= len(r.prompt_ids):
+            raise ValueError("prefix_len must be in [0, len(prompt_ids)]")
         if not (math.isfinite(r.temperature) and r.temperature >= 0):
             raise ValueError("temperature must be a finite number >= 0")
         if 0 < r.temperature < MIN_TEMPERATURE:
@@ -235,6 +248,40 @@ class Decoder:
         if getattr(self, "_bits", None) is None or self._bits.shape[0] < n:
             self._bits = xgr.allocate_token_bitmask(max(n, 8), self.vocab_size)
         return self._bits
+
+    def _start(self, live: list[_Row], adapter: str | None):
+        """The (cache, mask) new rows' prefill starts from: each row's shared prefix KV, computed on its first use and
+        then copied from the LRU, its tokens taken off the row's pending ones; empty for rows without one."""
+        import torch
+        from transformers import DynamicCache
+
+        entries = []
+        for row in live:
+            n = min(row.req.prefix_len, len(row.req.prompt_ids) - 1) if self.prefixes.size > 0 else 0
+            if n < 1:
+                entries.append(None)
+                continue
+            entries.append(self._prefix(adapter, tuple(row.req.prompt_ids[:n])))
+            row.pending = row.pending[n:]
+            row.n_seen = n
+        if all(e is None for e in entries):
+            return DynamicCache(), torch.zeros((len(live), 0), dtype=torch.long, device=self.device)
+        return start_from_prefixes(entries, self.device)
+
+    def _prefix(self, adapter: str | None, ids: tuple[int, ...]) -> list:
+        """The KV of prompt prefix `ids` on `adapter` (the one active): from the LRU, else one forward pass now."""
+        import torch
+        from transformers import DynamicCache
+
+        name = adapter if adapter is not None else self.default_adapter
+        entry = self.prefixes.get(name, ids)
+        if entry is None:
+            out = self.model(input_ids=torch.tensor([ids], device=self.device), past_key_values=DynamicCache(),
+                             position_ids=torch.arange(len(ids), device=self.device)[None], use_cache=True,
+                             logits_to_keep=1)
+            entry = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            self.prefixes.put(name, ids, entry)
+        return entry
 
     def _pass(self, live: list[_Row], cache, mask):
         """One forward pass over `live` (their pending tokens, right-aligned, left padding inside the step),
