@@ -1,5 +1,6 @@
 """Prefix reuse: the KV of the prompt prefix every request of a task shares is computed once and reused, and every
-answer stays byte-identical to decoding without reuse (alone, in a batch, joining a running batch, per adapter)."""
+answer stays byte-identical to decoding without reuse (alone, in a batch, joining a running batch, per adapter).
+Mixed-adapter steps: rows of several LoRA adapters share one batch and answer as each adapter alone."""
 
 from __future__ import annotations
 
@@ -169,8 +170,8 @@ def test_prefix_kv_is_kept_per_adapter(two_adapters, tool_picker):
         for r in requests(tok, tool_picker.instructions, TEXTS[:3], schema, max_tokens=16):
             r.adapter = adapter
             reqs.append(r)
-    plain = Decoder(model, tok, contract["stop_ids"], prefix_cache=0)
-    reuse = Decoder(model, tok, contract["stop_ids"])
+    plain = Decoder(model, tok, contract["stop_ids"], prefix_cache=0, mixed_adapters=False)
+    reuse = Decoder(model, tok, contract["stop_ids"], mixed_adapters=False)
     expected = [plain.generate([r])[0].token_ids for r in reqs]
     assert expected[:3] != expected[3:6]  # the adapters really differ
     assert [r.token_ids for r in reuse.generate(reqs)] == expected
@@ -203,3 +204,68 @@ def test_server_reuses_the_task_prefix_and_answers_as_without(tmp_path):
             assert served.prefix and srv.cfg.prefix_cache == size
     assert answers[0] == answers[1]
     assert kept[1] == [] and len(kept[0]) == 1 and list(kept[0][0]) == served.prefix
+
+
+# ---- mixed-adapter steps ---------------------------------------------------------------------------
+
+def test_rows_of_two_adapters_share_each_pass_and_answer_as_alone(two_adapters, tool_picker):
+    """One batch, one forward pass per step for rows of both adapters (PEFT `adapter_names`), rows joining a running
+    batch, prefix reuse on: token ids equal each request decoded alone with its adapter set (no reuse)."""
+    from schemabuild.batch import Batch
+    from schemabuild.decode import Decoder
+
+    model, tok, contract = two_adapters
+    schema = grammar_schema(tool_picker.output)
+    reqs = []
+    for i, r in enumerate(requests(tok, tool_picker.instructions, TEXTS, schema, max_tokens=20)
+                          + requests(tok, "Pick one tool; reply in JSON.", TEXTS[:4], None, max_tokens=12,
+                                     constrained=False)):
+        r.adapter = ("task_a", "task_b")[i % 2]
+        reqs.append(r)
+    grouped = Decoder(model, tok, contract["stop_ids"], prefix_cache=0, mixed_adapters=False)
+    mixed = Decoder(model, tok, contract["stop_ids"])
+    assert mixed.mixed and not grouped.mixed
+    expected = [grouped.generate([r])[0].token_ids for r in reqs]
+    widths = Widths(model)
+    try:
+        batched = mixed.generate(reqs)
+    finally:
+        widths.close()
+    assert [r.token_ids for r in batched] == expected
+    assert max(rows for rows, _ in widths.seen) == len(reqs)  # both adapters' rows in one pass
+    assert sorted({adapter for adapter, _ in mixed.prefixes.keys()}) == ["task_a", "task_b"]
+
+    joins = {0: [0, 1], 2: [2, 7], 4: [3, 4, 5], 9: [6, 8, 9]}
+    batch, rows, step = Batch(), {}, 0
+    while step <= max(joins) or batch.rows:
+        new, _ = mixed.step(batch, [reqs[i] for i in joins.get(step, [])])
+        rows.update(zip(joins.get(step, []), new))
+        step += 1
+    assert [mixed.result(rows[i]).token_ids for i in range(len(reqs))] == expected
+
+
+def test_engine_serves_two_adapters_in_one_running_batch(two_adapters, tool_picker):
+    import asyncio
+
+    from schemabuild.decode import Decoder
+    from serve.engine import Engine
+
+    model, tok, contract = two_adapters
+    schema = grammar_schema(tool_picker.output)
+    reqs = requests(tok, tool_picker.instructions, TEXTS * 2, schema, max_tokens=16)
+    for i, r in enumerate(reqs):
+        r.adapter = ("task_a", "task_b")[i % 2]
+    grouped = Decoder(model, tok, contract["stop_ids"], prefix_cache=0, mixed_adapters=False)
+    expected = [grouped.generate([r])[0].text for r in reqs]
+    engine = Engine(Decoder(model, tok, contract["stop_ids"]), max_batch=32, window_ms=50)
+    engine.start()
+
+    async def main():
+        return await asyncio.gather(*(engine.submit(r) for r in reqs))
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        engine.stop()
+    assert [r.text for r in results] == expected
+    assert max(engine.stats()["batch_sizes"]) > len(reqs) // 2  # more rows in a step than one adapter has
