@@ -9,6 +9,10 @@ Decoder with prefix_cache=0. Prefill = one `Decoder.step` of a fresh batch (the 
 its jump-forward); whole request = `Decoder.generate` of one request. The fastest of `--repeat` runs is kept.
 Rows: the model's own (student) prompt, and the task's full instructions as the system prompt (what an un-tuned
 base gets), to show how the gain grows with the prefix.
+
+Mixed adapters: the same model's LoRA adapter loaded twice under two names on one unmerged base (the tiny model gets
+two random adapters), `--batch` requests alternating between them, `Decoder.generate` as one mixed batch (PEFT
+`adapter_names`) vs one batch per adapter in turn (`mixed_adapters=False`).
 """
 
 from __future__ import annotations
@@ -113,6 +117,46 @@ def report(name: str, reqs, t: dict) -> None:
         print(f"    {label:28s} full {a:8.1f}   reuse {b:8.1f}   reuse/full {b / a:5.2f}")
 
 
+def two_adapter_model(model_dir: Path, contract: dict):
+    """One base carrying two adapters "a" and "b": the folder's adapter twice, or two random ones on a full model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from schemabuild.models import adapter_base, is_adapter, load_adapters, load_causal_lm
+
+    if is_adapter(model_dir, contract):
+        return load_adapters(adapter_base(model_dir, contract), [("a", model_dir), ("b", model_dir)], "cpu")
+    torch.manual_seed(0)
+    cfg = LoraConfig(r=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"],
+                     init_lora_weights=False)
+    model = get_peft_model(load_causal_lm(model_dir, "cpu"), cfg, adapter_name="a")
+    model.add_adapter("b", cfg)
+    return model.eval()
+
+
+def mixed(pred, model_dir: Path, texts, args) -> None:
+    from schemabuild.contract import system_prompt
+    from schemabuild.decode import Decoder
+
+    model = two_adapter_model(model_dir, pred.contract)
+    d = pred.decoder
+    reqs = requests(pred, texts[: args.batch], system_prompt(pred.task, pred.contract), args.max_tokens)
+    for i, r in enumerate(reqs):
+        r.adapter = "ab"[i % 2]
+    one = Decoder(model, d.tokenizer, d.stop_ids, mixed_adapters=True)
+    turns = Decoder(model, d.tokenizer, d.stop_ids, mixed_adapters=False)
+    times = {}
+    outs = {}
+    for name, dec in (("one mixed batch", one), ("a batch per adapter", turns), ("one mixed batch ", one)):
+        dec.generate(reqs[:2])  # warm-up: prefix KV per adapter
+        outs[name], times[name] = best_of(lambda: dec.generate(reqs), args.repeat)
+    same = sum(a.token_ids == b.token_ids for a, b in zip(outs["one mixed batch"], outs["a batch per adapter"]))
+    base = times["a batch per adapter"]
+    print(f"  mixed adapters, {len(reqs)} requests over 2 adapters (same tokens on {same}/{len(reqs)}):")
+    for name, t in times.items():
+        print(f"    {name.strip():28s} {1000 * t:8.1f} ms   vs per-adapter {t / base:5.2f}")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     import torch
@@ -137,6 +181,7 @@ def main(argv=None) -> None:
                                    ("full instructions", task.instructions)]:
             reqs = requests(pred, texts, instructions, args.max_tokens)
             report(name, reqs, measure(pred, full, reqs, args))
+        mixed(pred, model_dir, texts, args)
 
 
 if __name__ == "__main__":
