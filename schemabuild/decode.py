@@ -112,11 +112,11 @@ class Decoder:
     """Batched, grammar-constrained decoding with a KV cache over a transformers causal LM."""
 
     def __init__(self, model, tokenizer, stop_ids: list[int], device=None, jump_forward: bool = True,
-                 prefix_cache: int = 8, mixed_adapters: bool = True):
+                 prefix_cache: int = 8, mixed_adapters: bool = False):
         """`prefix_cache`: how many shared prompt prefixes (see Request.prefix_len) keep their KV; 0 = no reuse.
         `mixed_adapters`: on a PEFT model with several LoRA adapters, rows of every adapter share one batch and each
         forward pass, each LoRA layer adding its row's own adapter (PEFT's `adapter_names`); off, one batch per
-        adapter (`set_adapter` before each)."""
+        adapter (`set_adapter` before each). Off by default: on 2 CPU cores it measured no faster (BENCHMARKS.md)."""
         import torch
         import xgrammar as xgr
 
@@ -142,7 +142,7 @@ class Decoder:
     # -- public --
 
     def generate(self, requests: list[Request]) -> list[Result]:
-        """Decode `requests` together (one batch, or one per adapter without `mixed`), results in request order."""
+        """Decode `requests` together (one batch per adapter, or one in all when `mixed`), results in request order."""
         for r in requests:
             self.check(r)
         results: list[Result | None] = [None] * len(requests)

@@ -35,6 +35,9 @@ class ServeConfig:
     prefix_cache: int = 8
     """Shared prompt prefixes (system prompt and chat template up to the user's text) whose KV each model keeps and
     reuses instead of computing it again for every request; 0 = off."""
+    mixed_adapters: bool = False
+    """LoRA adapters on one base decode in one running batch, each row with its own adapter (PEFT adapter_names),
+    instead of one batch per adapter taking turns; answers are the same (off: not faster on CPU here)."""
     max_tokens_in_flight: int = 32768
     """KV budget: prompt + max_tokens summed over the requests admitted and not finished; more get 429."""
     log_requests: str | None = None

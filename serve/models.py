@@ -82,7 +82,7 @@ def load_models(tasks: list, cfg: ServeConfig, runs_dir=None, model_dirs: list |
         model = load_adapters(base, [(t.name, d) for t, d, *_ in members], device)
         tokenizer, contract = members[0][2], members[0][3]
         decoder = Decoder(model, tokenizer, stop_ids=list(contract["stop_ids"]), device=device,
-                          prefix_cache=cfg.prefix_cache)
+                          prefix_cache=cfg.prefix_cache, mixed_adapters=cfg.mixed_adapters)
         for task, model_dir, tok, contract in members:
             s = _as_served(Served(task=task, tokenizer=tok, decoder=decoder, adapter=task.name, contract=contract))
             decoder.compile(s.schema)  # pay the grammar compile at startup

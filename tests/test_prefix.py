@@ -223,8 +223,8 @@ def test_rows_of_two_adapters_share_each_pass_and_answer_as_alone(two_adapters, 
         r.adapter = ("task_a", "task_b")[i % 2]
         reqs.append(r)
     grouped = Decoder(model, tok, contract["stop_ids"], prefix_cache=0, mixed_adapters=False)
-    mixed = Decoder(model, tok, contract["stop_ids"])
-    assert mixed.mixed and not grouped.mixed
+    mixed = Decoder(model, tok, contract["stop_ids"], mixed_adapters=True)
+    assert mixed.mixed and not grouped.mixed and not Decoder(model, tok, contract["stop_ids"]).mixed
     expected = [grouped.generate([r])[0].token_ids for r in reqs]
     widths = Widths(model)
     try:
@@ -257,7 +257,7 @@ def test_engine_serves_two_adapters_in_one_running_batch(two_adapters, tool_pick
         r.adapter = ("task_a", "task_b")[i % 2]
     grouped = Decoder(model, tok, contract["stop_ids"], prefix_cache=0, mixed_adapters=False)
     expected = [grouped.generate([r])[0].text for r in reqs]
-    engine = Engine(Decoder(model, tok, contract["stop_ids"]), max_batch=32, window_ms=50)
+    engine = Engine(Decoder(model, tok, contract["stop_ids"], mixed_adapters=True), max_batch=32, window_ms=50)
     engine.start()
 
     async def main():
