@@ -1,7 +1,9 @@
-"""A running batch for continuous batching: its live rows and their shared KV cache and attention mask."""
+"""A running batch for continuous batching: its live rows and their shared KV cache and attention mask; the KV of
+shared prompt prefixes, kept to start new rows from."""
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 
@@ -68,3 +70,65 @@ class Batch:
                 layer.keys = layer.keys.index_select(2, cols)
                 layer.values = layer.values.index_select(2, cols)
             self.mask = self.mask[:, cols]
+
+
+class PrefixCache:
+    """The KV of shared prompt prefixes (a task's system prompt and the chat template up to the user's text), least
+    recently used dropped past `size` entries. Keyed by (adapter, prefix token ids): the same ids on another adapter
+    give other keys and values. An entry is one (keys, values) pair per layer, each [1, kv heads, length, head dim];
+    it is never written to (rows start from copies), so one entry serves any number of rows.
+    """
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._entries: collections.OrderedDict = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def keys(self) -> list[tuple[str | None, tuple[int, ...]]]:
+        """(adapter, prefix ids) of every entry, least recently used first."""
+        return list(self._entries)
+
+    def get(self, adapter: str | None, ids: tuple[int, ...]):
+        """The entry for (adapter, ids), now the most recently used; None when not kept."""
+        entry = self._entries.get((adapter, ids))
+        if entry is not None:
+            self._entries.move_to_end((adapter, ids))
+        return entry
+
+    def put(self, adapter: str | None, ids: tuple[int, ...], layers: list) -> None:
+        if self.size < 1:
+            return
+        self._entries[(adapter, ids)] = layers
+        self._entries.move_to_end((adapter, ids))
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def start_from_prefixes(entries: list, device):
+    """(DynamicCache, attention mask) for new rows starting from prefix KV: entry i (a `PrefixCache` entry, or None
+    for a row without one) fills row i's columns, left-padded to the longest entry; padding is masked out."""
+    import torch
+    from transformers import DynamicCache
+
+    lengths = [0 if e is None else e[0][0].shape[2] for e in entries]
+    width = max(lengths)
+    mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], dtype=torch.long, device=device)
+    model = next(e for e in entries if e is not None)
+    layers = []
+    for i, (k0, v0) in enumerate(model):
+        keys, values = [], []
+        for e, n in zip(entries, lengths):
+            k, v = (k0[:, :, :0], v0[:, :, :0]) if e is None else e[i]
+            if n < width:
+                pad = list(k0.shape)
+                pad[2] = width - n
+                k, v = torch.cat([k0.new_zeros(pad), k], dim=2), torch.cat([v0.new_zeros(pad), v], dim=2)
+            keys.append(k)
+            values.append(v)
+        layers.append((torch.cat(keys, dim=0), torch.cat(values, dim=0)))
+    return DynamicCache(layers), mask

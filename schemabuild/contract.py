@@ -155,6 +155,20 @@ def encode_prompt(tokenizer, instructions: str, text: str) -> list[int]:
     return tokenizer(render_prompt(tokenizer, instructions, text), add_special_tokens=False)["input_ids"]
 
 
+def prompt_prefix(tokenizer, instructions: str) -> list[int]:
+    """Token ids of the prompt up to the user's text (system prompt and template): what every prompt with these
+    instructions starts with, unless a BPE merge crosses the boundary (check with `shared_prefix_len`)."""
+    marker = "\u2063USER\u2063"
+    text = render_prompt(tokenizer, instructions, marker)
+    return tokenizer(text[: text.index(marker)], add_special_tokens=False)["input_ids"]
+
+
+def shared_prefix_len(prefix: list[int], prompt_ids: list[int]) -> int:
+    """len(prefix) when `prompt_ids` starts with exactly those ids (and goes on past them), else 0."""
+    n = len(prefix)
+    return n if 0 < n < len(prompt_ids) and list(prompt_ids[:n]) == list(prefix) else 0
+
+
 def encode_target(tokenizer, target_json: str) -> list[int]:
     """Target token ids: the canonical JSON, then the end-of-turn token (which is trained)."""
     _, stop_ids = end_of_turn(tokenizer)

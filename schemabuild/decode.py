@@ -7,6 +7,12 @@ jump-forward and batching (the server's request batcher, `schemabuild.serve.engi
 One batch = one left-padded KV cache. Each forward pass feeds every live row its pending tokens (the
 prompt, then the token just chosen plus any jump-forward tokens), right-aligned with an attention mask
 and explicit position ids, so rows of different lengths share the pass. Finished rows leave the cache.
+
+Prefix reuse: a request may name its first `prefix_len` prompt tokens as a prefix many requests share (the system
+prompt and chat template up to the user's text: `contract.prompt_prefix`). That prefix's KV is computed once per
+(adapter, token ids), kept in a small LRU, and a new row's prefill starts from a copy of it and feeds only the rest.
+Keys carry their absolute positions (rotary) and the rest is fed at positions prefix_len onward, so the row
+computes what a full prefill computes.
 """
 
 from __future__ import annotations
@@ -17,8 +23,8 @@ import threading
 from typing import Any
 
 from schemabuild.errors import GrammarError  # noqa: F401 - re-exported: `from schemabuild.decode import GrammarError`
-from schemabuild.batch import Batch
-from schemabuild.grammar import compile_grammar
+from schemabuild.batch import Batch, PrefixCache, start_from_prefixes
+from schemabuild.grammar import compile_grammar, printable_mask, token_splits
 
 # Jump-forward takes at most this much forced text per step; the rest is forced again on the next step.
 MAX_JUMP_BYTES = 256
@@ -49,6 +55,9 @@ class Request:
     """False = no grammar at all (benchmarks and debugging only; `schema` is ignored)."""
     grammar: Any = None
     """An xgrammar CompiledGrammar already compiled for `schema` (the server compiles off the decode thread)."""
+    prefix_len: int = 0
+    """Leading prompt tokens shared by many requests (`contract.shared_prefix_len`), whose KV the decoder keeps and
+    reuses; 0 = none. The ids themselves are the cache key, so a wrong length only costs a cache entry."""
 
 
 @dataclasses.dataclass
@@ -102,7 +111,12 @@ class _Row:
 class Decoder:
     """Batched, grammar-constrained decoding with a KV cache over a transformers causal LM."""
 
-    def __init__(self, model, tokenizer, stop_ids: list[int], device=None, jump_forward: bool = True):
+    def __init__(self, model, tokenizer, stop_ids: list[int], device=None, jump_forward: bool = True,
+                 prefix_cache: int = 8, mixed_adapters: bool = False):
+        """`prefix_cache`: how many shared prompt prefixes (see Request.prefix_len) keep their KV; 0 = no reuse.
+        `mixed_adapters`: on a PEFT model with several LoRA adapters, rows of every adapter share one batch and each
+        forward pass, each LoRA layer adding its row's own adapter (PEFT's `adapter_names`); off, one batch per
+        adapter (`set_adapter` before each). Off by default: on 2 CPU cores it measured no faster (BENCHMARKS.md)."""
         import torch
         import xgrammar as xgr
 
@@ -119,20 +133,22 @@ class Decoder:
         )
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.default_adapter = getattr(model, "active_adapter", None) if hasattr(model, "peft_config") else None
+        self.mixed = mixed_adapters and len(getattr(model, "peft_config", None) or {}) > 1
         self._splits: dict[bytes, set[int]] | None = None
         self._first_byte = None
         self._lock = threading.Lock()  # one generate at a time per model (the Engine's thread and others)
+        self.prefixes = PrefixCache(prefix_cache)
 
     # -- public --
 
     def generate(self, requests: list[Request]) -> list[Result]:
-        """Decode `requests` together (one batch per adapter), results in request order."""
+        """Decode `requests` together (one batch per adapter, or one in all when `mixed`), results in request order."""
         for r in requests:
             self.check(r)
         results: list[Result | None] = [None] * len(requests)
         groups: dict[str | None, list[int]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault(r.adapter, []).append(i)
+            groups.setdefault(None if self.mixed else r.adapter, []).append(i)
         for adapter, idx in groups.items():
             batch = Batch(adapter)
             rows, _ = self.step(batch, [requests[i] for i in idx])
@@ -150,11 +166,11 @@ class Decoder:
         own grammar matcher, jump-forward and stop, so a row decodes exactly as it would alone.
         """
         import torch
-        from transformers import DynamicCache
 
         new_rows = [self._new_row(i, r) for i, r in enumerate(joining)]
         with self._lock, torch.inference_mode():
-            self._use_adapter(batch.adapter)
+            if not self.mixed:
+                self._use_adapter(batch.adapter)
             if batch.rows:
                 batch.cache, batch.mask = self._pass(batch.rows, batch.cache, batch.mask)
             if new_rows:
@@ -165,8 +181,8 @@ class Decoder:
                             self._jump(row, bitmask, b)
                 live = [row for row in new_rows if row.finish is None]
                 if live:
-                    empty = torch.zeros((len(live), 0), dtype=torch.long, device=self.device)
-                    cache, mask = self._pass(live, DynamicCache(), empty)
+                    cache, mask = self._start(live, batch.adapter)
+                    cache, mask = self._pass(live, cache, mask)
                     batch.merge(live, cache, mask)
             finished = [row for row in batch.rows if row.finish is not None]
             early = {id(row) for row in live} if new_rows else set()
@@ -192,6 +208,8 @@ class Decoder:
             raise ValueError(f"prompt_ids: token ids must be in [0, {self.vocab_size})")
         if r.max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
+        if not 0 <= r.prefix_len <= len(r.prompt_ids):
+            raise ValueError("prefix_len must be in [0, len(prompt_ids)]")
         if not (math.isfinite(r.temperature) and r.temperature >= 0):
             raise ValueError("temperature must be a finite number >= 0")
         if 0 < r.temperature < MIN_TEMPERATURE:
@@ -207,8 +225,11 @@ class Decoder:
 
     # -- setup --
 
+    def _adapter_name(self, adapter: str | None) -> str | None:
+        return adapter if adapter is not None else self.default_adapter
+
     def _use_adapter(self, adapter: str | None) -> None:
-        name = adapter if adapter is not None else self.default_adapter
+        name = self._adapter_name(adapter)
         if name is not None and getattr(self.model, "active_adapter", None) != name:
             self.model.set_adapter(name)
 
@@ -236,6 +257,40 @@ class Decoder:
             self._bits = xgr.allocate_token_bitmask(max(n, 8), self.vocab_size)
         return self._bits
 
+    def _start(self, live: list[_Row], adapter: str | None):
+        """The (cache, mask) new rows' prefill starts from: each row's shared prefix KV, computed on its first use and
+        then copied from the LRU, its tokens taken off the row's pending ones; empty for rows without one."""
+        import torch
+        from transformers import DynamicCache
+
+        entries = []
+        for row in live:
+            n = min(row.req.prefix_len, len(row.req.prompt_ids) - 1) if self.prefixes.size > 0 else 0
+            if n < 1:
+                entries.append(None)
+                continue
+            entries.append(self._prefix(row.req.adapter if self.mixed else adapter, tuple(row.req.prompt_ids[:n])))
+            row.pending = row.pending[n:]
+            row.n_seen = n
+        if all(e is None for e in entries):
+            return DynamicCache(), torch.zeros((len(live), 0), dtype=torch.long, device=self.device)
+        return start_from_prefixes(entries, self.device)
+
+    def _prefix(self, adapter: str | None, ids: tuple[int, ...]) -> list:
+        """The KV of prompt prefix `ids` on `adapter` (the one active unless mixed): from the LRU, else one pass now."""
+        import torch
+        from transformers import DynamicCache
+
+        name = self._adapter_name(adapter)
+        entry = self.prefixes.get(name, ids)
+        if entry is None:
+            out = self.model(input_ids=torch.tensor([ids], device=self.device), past_key_values=DynamicCache(),
+                             position_ids=torch.arange(len(ids), device=self.device)[None], use_cache=True,
+                             logits_to_keep=1, **({"adapter_names": [name]} if self.mixed else {}))
+            entry = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            self.prefixes.put(name, ids, entry)
+        return entry
+
     def _pass(self, live: list[_Row], cache, mask):
         """One forward pass over `live` (their pending tokens, right-aligned, left padding inside the step),
         then each row chooses and takes its next token. Returns the grown (cache, attention mask)."""
@@ -256,9 +311,10 @@ class Decoder:
         pos = torch.tensor(pos_l, device=self.device)
         mask = torch.cat([mask, torch.tensor(mask_l, device=self.device)], dim=1)
         padded = not bool(mask.all())
+        per_row = {"adapter_names": [self._adapter_name(row.req.adapter) for row in live]} if self.mixed else {}
         out = self.model(  # without padding the model's own causal mask is enough (and cheaper to build)
             input_ids=ids, attention_mask=mask if padded else None, position_ids=pos,
-            past_key_values=cache, use_cache=True, logits_to_keep=1,
+            past_key_values=cache, use_cache=True, logits_to_keep=1, **per_row,
         )
         logits = out.logits[:, -1, :].float()
         if logits.shape[-1] > self.vocab_size:
@@ -347,20 +403,8 @@ class Decoder:
             row.finish = "length"
 
     def _printable_mask(self):
-        """Bitmask of tokens without raw control bytes (< 0x20).
-
-        Compact canonical JSON never contains one, but xgrammar 0.2.8 compiles strings with
-        minLength/maxLength to `[^"\\\r\n]`, which admits raw control characters (invalid JSON).
-        """
-        import numpy as np
-        import torch
-
         if getattr(self, "_printable", None) is None:
-            ok = np.ones(((self.vocab_size + 31) // 32) * 32, dtype=bool)
-            for i, tok in enumerate(self.tokenizer_info.decoded_vocab[: self.vocab_size]):
-                if any(c < 0x20 for c in tok) and i not in self.stop_ids:
-                    ok[i] = False
-            self._printable = torch.from_numpy(np.packbits(ok, bitorder="little").view(np.int32).copy())
+            self._printable = printable_mask(self.tokenizer_info, self.vocab_size, self.stop_ids)
         return self._printable
 
     # -- jump-forward --
@@ -404,7 +448,8 @@ class Decoder:
         import numpy as np
 
         if self._splits is None:
-            self._build_splits()
+            self._first_byte, self._splits, self._max_token_len = token_splits(
+                self.tokenizer_info, self.vocab_size, self.stop_ids)
         matcher.fill_next_token_bitmask(bitmask, b)
         bits = np.unpackbits(bitmask[b].numpy().view(np.uint8), bitorder="little")[: self.vocab_size]
         allowed = np.nonzero(bits)[0]
@@ -418,24 +463,6 @@ class Decoder:
             if follow and follow & next_bytes:
                 return False
         return True
-
-    def _build_splits(self) -> None:
-        """For every proper prefix u of a vocabulary token: the set of bytes that follow u in some token."""
-        import numpy as np
-
-        vocab = self.tokenizer_info.decoded_vocab
-        special = set(self.tokenizer_info.special_token_ids) | set(self.stop_ids)
-        first = np.full(self.vocab_size, -1, dtype=np.int16)
-        splits: dict[bytes, set[int]] = {}
-        longest = 1
-        for i, tok in enumerate(vocab[: self.vocab_size]):
-            if i in special or not tok:
-                continue
-            first[i] = tok[0]
-            longest = max(longest, len(tok))
-            for k in range(1, len(tok)):
-                splits.setdefault(tok[:k], set()).add(tok[k])
-        self._first_byte, self._splits, self._max_token_len = first, splits, longest
 
     def _only_stop_allowed(self, matcher, bitmask, b: int) -> bool:
         """The grammar is complete and admits nothing but a stop token (the output is decided)."""

@@ -82,3 +82,38 @@ def compile_grammar(tokenizer_info, schema: dict | None):
 
 def grammar_cache_size() -> int:
     return len(_GRAMMARS)
+
+
+def printable_mask(tokenizer_info, vocab_size: int, stop_ids: list[int]):
+    """Bitmask (xgrammar's int32 layout) of the tokens without raw control bytes (< 0x20); stop tokens kept.
+
+    Compact canonical JSON never contains one, but xgrammar 0.2.8 compiles strings with minLength/maxLength to
+    `[^"\\\r\n]`, which admits raw control characters (invalid JSON); the decoder ANDs this into schema masks.
+    """
+    import numpy as np
+    import torch
+
+    ok = np.ones(((vocab_size + 31) // 32) * 32, dtype=bool)
+    for i, tok in enumerate(tokenizer_info.decoded_vocab[:vocab_size]):
+        if any(c < 0x20 for c in tok) and i not in stop_ids:
+            ok[i] = False
+    return torch.from_numpy(np.packbits(ok, bitorder="little").view(np.int32).copy())
+
+
+def token_splits(tokenizer_info, vocab_size: int, stop_ids: list[int]):
+    """(first byte of each token, -1 for special ones; for every proper prefix u of a vocabulary token, the set of
+    bytes that follow u in some token; the longest token in bytes): jump-forward's token-boundary check."""
+    import numpy as np
+
+    special = set(tokenizer_info.special_token_ids) | set(stop_ids)
+    first = np.full(vocab_size, -1, dtype=np.int16)
+    splits: dict[bytes, set[int]] = {}
+    longest = 1
+    for i, tok in enumerate(tokenizer_info.decoded_vocab[:vocab_size]):
+        if i in special or not tok:
+            continue
+        first[i] = tok[0]
+        longest = max(longest, len(tok))
+        for k in range(1, len(tok)):
+            splits.setdefault(tok[:k], set()).add(tok[k])
+    return first, splits, longest

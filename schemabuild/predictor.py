@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from tqdm.auto import tqdm
 
-from schemabuild.contract import encode_prompt, grammar_schema, system_prompt
+from schemabuild.contract import encode_prompt, grammar_schema, prompt_prefix, shared_prefix_len, system_prompt
 from schemabuild.decode import Decoder, Request
 from schemabuild.models import load_base, load_model, resolve_device  # noqa: F401 - resolve_device re-exported
 from schemabuild.runs import resolve_run
@@ -47,23 +47,25 @@ class Prediction:
 class Predictor:
     """A task's model behind the constrained decoder."""
 
-    def __init__(self, task, model, tokenizer, contract: dict, device=None, jump_forward: bool = True):
+    def __init__(self, task, model, tokenizer, contract: dict, device=None, jump_forward: bool = True,
+                 prefix_cache: int = 8):
         self._task = task
         self._tokenizer = tokenizer
         self._contract = contract
         self.schema = grammar_schema(task.output)
+        self._prefix = prompt_prefix(tokenizer, system_prompt(task, contract))  # its KV is reused (prefix_cache)
         self._decoder = Decoder(model, tokenizer, stop_ids=list(contract["stop_ids"]), device=device,
-                                jump_forward=jump_forward)
+                                jump_forward=jump_forward, prefix_cache=prefix_cache)
         self._decoder.compile(self.schema)  # pay the grammar compile at load, not on the first request
 
     # -- setup --
 
     @classmethod
-    def from_model_dir(cls, task, model_dir, device=None) -> "Predictor":
+    def from_model_dir(cls, task, model_dir, device=None, prefix_cache: int = 8) -> "Predictor":
         """Load `model_dir` (full weights or a PEFT adapter) after checking its contract against `task`."""
         device = resolve_device(device)
         model, tokenizer, contract = load_model(task, model_dir, device)
-        return cls(task, model, tokenizer, contract, device=device)
+        return cls(task, model, tokenizer, contract, device=device, prefix_cache=prefix_cache)
 
     @classmethod
     def from_run(cls, task, run=None, runs_dir=None, device=None) -> "Predictor":
@@ -103,7 +105,7 @@ class Predictor:
         """The decode Request for one input text."""
         ids = encode_prompt(self._tokenizer, system_prompt(self._task, self._contract), text)
         return Request(prompt_ids=ids, schema=self.schema, max_tokens=max_tokens, temperature=temperature,
-                       top_p=top_p, seed=seed)
+                       top_p=top_p, seed=seed, prefix_len=shared_prefix_len(self._prefix, ids))
 
     def generate_raw(self, requests) -> list:
         """Decoder results for ready-made Requests (one batch)."""

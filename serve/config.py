@@ -32,6 +32,12 @@ class ServeConfig:
     """Requests decoded together at most."""
     batch_window_ms: float = 3.0
     """How long an idle batcher waits for company before its first step (a running batch admits at every step)."""
+    prefix_cache: int = 8
+    """Shared prompt prefixes (system prompt and chat template up to the user's text) whose KV each model keeps and
+    reuses instead of computing it again for every request; 0 = off."""
+    mixed_adapters: bool = False
+    """LoRA adapters on one base decode in one running batch, each row with its own adapter (PEFT adapter_names),
+    instead of one batch per adapter taking turns; answers are the same (off: not faster on CPU here)."""
     max_tokens_in_flight: int = 32768
     """KV budget: prompt + max_tokens summed over the requests admitted and not finished; more get 429."""
     log_requests: str | None = None
@@ -65,5 +71,7 @@ class ServeConfig:
             raise ConfigError("--compile-memory-mb: must be at least 64")
         if self.request_timeout_s <= 0:
             raise ConfigError("--request-timeout-s: must be positive")
+        if self.prefix_cache < 0:
+            raise ConfigError("--prefix-cache: must not be negative")
         if self.batch_window_ms < 0:
             raise ConfigError("--batch-window-ms: must not be negative")

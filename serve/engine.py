@@ -52,9 +52,10 @@ class Job:
 
 
 class Engine:
-    """Continuous batching: a worker thread keeps one running batch per adapter, and every step admits waiting
-    requests (up to `max_batch` rows in all), decodes one token (or a jump-forward span) for every row, and
-    hands finished rows back. Adapters take their steps in turn, so none starves.
+    """Continuous batching: a worker thread keeps a running batch, and every step admits waiting requests (up to
+    `max_batch` rows in all), decodes one token (or a jump-forward span) for every row, and hands finished rows
+    back. LoRA adapters on one base share the batch when the decoder is `mixed` (`--mixed-adapters`), else each
+    adapter has a batch of its own and they take their steps in turn, so none starves.
 
     Admission: at most `max_queue` requests wait, and the tokens in flight (prompt + max_tokens of every request
     admitted and not finished) stay under `max_tokens_in_flight` (a lone request is always admitted); past
@@ -209,9 +210,10 @@ class Engine:
                 return
             jobs, stopping = self._admit(running, stopping)
             joining: dict[str | None, list[Job]] = {}
-            for job in jobs:
-                joining.setdefault(job.req.adapter, []).append(job)
-                batches.setdefault(job.req.adapter, Batch(job.req.adapter))
+            for job in jobs:  # a mixed-adapter decoder runs every adapter's rows in one batch
+                key = None if getattr(self.decoder, "mixed", False) else job.req.adapter
+                joining.setdefault(key, []).append(job)
+                batches.setdefault(key, Batch(key))
             for adapter in list(batches):  # every adapter with work takes one step per round
                 self._step(batches[adapter], joining.get(adapter, []))
                 if not batches[adapter].rows:

@@ -12,7 +12,7 @@ from schemabuild.runs import resolve_run
 from schemabuild.decode import Decoder
 from schemabuild.models import adapter_base, is_adapter, load_adapters, load_checked, resolve_device
 from schemabuild.predictor import Predictor
-from schemabuild.contract import grammar_schema
+from schemabuild.contract import grammar_schema, prompt_prefix, system_prompt
 
 
 @dataclasses.dataclass
@@ -35,6 +35,8 @@ class Served:
     """The task's grammar schema (contract.grammar_schema(task.output))."""
     context: int | None = None
     """The model's context length in tokens, when known."""
+    prefix: list[int] = dataclasses.field(default_factory=list)
+    """Token ids every prompt of this task starts with (`contract.prompt_prefix`): their KV is reused."""
 
 
 def _model_dir_for(task, cfg: ServeConfig, runs_dir) -> Path:
@@ -74,11 +76,13 @@ def load_models(tasks: list, cfg: ServeConfig, runs_dir=None, model_dirs: list |
         full.append((task, model_dir))
     served: dict[str, Served] = {}
     for task, model_dir in full:
-        served[task.name] = _as_served(Predictor.from_model_dir(task, model_dir, device=device))
+        served[task.name] = _as_served(Predictor.from_model_dir(task, model_dir, device=device,
+                                                                prefix_cache=cfg.prefix_cache))
     for (base, *_), members in adapters.items():
         model = load_adapters(base, [(t.name, d) for t, d, *_ in members], device)
         tokenizer, contract = members[0][2], members[0][3]
-        decoder = Decoder(model, tokenizer, stop_ids=list(contract["stop_ids"]), device=device)
+        decoder = Decoder(model, tokenizer, stop_ids=list(contract["stop_ids"]), device=device,
+                          prefix_cache=cfg.prefix_cache, mixed_adapters=cfg.mixed_adapters)
         for task, model_dir, tok, contract in members:
             s = _as_served(Served(task=task, tokenizer=tok, decoder=decoder, adapter=task.name, contract=contract))
             decoder.compile(s.schema)  # pay the grammar compile at startup
@@ -89,15 +93,16 @@ def load_models(tasks: list, cfg: ServeConfig, runs_dir=None, model_dirs: list |
 def _as_served(item) -> Served:
     """A Served from a Served or a schemabuild Predictor."""
 
-    if isinstance(item, Served):
-        if not item.schema:
-            item.schema = grammar_schema(item.task.output)
-        if item.context is None:
-            item.context = _context_length(item.decoder)
-        return item
-    return Served(task=item.task, tokenizer=item.tokenizer, decoder=item.decoder, adapter=None,
-                  contract=dict(item.contract or {}), predictor=item, schema=grammar_schema(item.task.output),
-                  context=_context_length(item.decoder))
+    if not isinstance(item, Served):
+        item = Served(task=item.task, tokenizer=item.tokenizer, decoder=item.decoder, adapter=None,
+                      contract=dict(item.contract or {}), predictor=item)
+    if not item.schema:
+        item.schema = grammar_schema(item.task.output)
+    if item.context is None:
+        item.context = _context_length(item.decoder)
+    if not item.prefix:
+        item.prefix = prompt_prefix(item.tokenizer, system_prompt(item.task, item.contract))
+    return item
 
 
 def _context_length(decoder) -> int | None:

@@ -17,7 +17,7 @@ from schemabuild.serve.metrics import Metrics
 from schemabuild.serve.models import Served
 from schemabuild.serve.protocol import ChatMessage, ResponseFormat
 from schemabuild.serve.schemas import SchemaRefused, output_violation, prepare_schema
-from schemabuild.contract import encode_prompt, student_prompt, system_prompt
+from schemabuild.contract import encode_prompt, shared_prefix_len, student_prompt, system_prompt
 from schemabuild.task import TaskError
 from schemabuild.predictor import field_confidence
 
@@ -43,7 +43,8 @@ def decode_request(s: Served, prompt_ids: list[int], schema: dict | None, opts: 
             raise APIError(400, f"{param}: the prompt is {len(prompt_ids)} tokens; the model's context is "
                                 f"{s.context} tokens", param=param, code="context_length_exceeded")
         opts["max_tokens"] = min(opts["max_tokens"], room)  # capped at what fits, as OpenAI-compatible servers do
-    return DecodeRequest(prompt_ids=prompt_ids, schema=schema, adapter=s.adapter, **opts)
+    return DecodeRequest(prompt_ids=prompt_ids, schema=schema, adapter=s.adapter,
+                         prefix_len=shared_prefix_len(s.prefix, prompt_ids), **opts)
 
 
 @contextlib.contextmanager

@@ -314,22 +314,26 @@ def test_adapters_on_one_base_share_it_and_each_answers(tmp_path, monkeypatch):
         tok.save_pretrained(out)
         save_contract(build_contract(task, tok, base_model=str(base), adapter=True), out)
         dirs.append(out)
-    cfg = ServeConfig(device="cpu")
-    a, b = load_models([task_a, task_b], cfg, model_dirs=dirs)
-    assert a.decoder is b.decoder  # one base model in memory
-    assert (a.adapter, b.adapter) == ("tool_picker", "tool_picker_b")
-    assert set(a.decoder.model.peft_config) == {"tool_picker", "tool_picker_b"}
     enum = {"type": "json_schema", "json_schema": {"name": "pick", "schema": {
         "type": "object", "properties": {"tool": {"enum": ["music.play", "no_tool"]}}, "required": ["tool"]}}}
-    with serve_in_thread(create_app([a, b], cfg)) as url:
-        answers = []
-        for name in ("tool_picker", "tool_picker_b"):
-            r = post(url, "/v1/chat/completions", {"model": name, "response_format": enum,
-                                                   "messages": [{"role": "user", "content": "play jazz"}]})
-            assert r.status_code == 200, r.text
-            answers.append(json.loads(r.json()["choices"][0]["message"]["content"]))
-        assert all(x["tool"] in ("music.play", "no_tool") for x in answers)
-        assert [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]] == ["tool_picker", "tool_picker_b"]
+    by_mode = []
+    for mixed in (False, True):  # --mixed-adapters: both adapters' rows in one running batch, same answers
+        cfg = ServeConfig(device="cpu", mixed_adapters=mixed)
+        a, b = load_models([task_a, task_b], cfg, model_dirs=dirs)
+        assert a.decoder is b.decoder and a.decoder.mixed is mixed  # one base model in memory
+        assert (a.adapter, b.adapter) == ("tool_picker", "tool_picker_b")
+        assert set(a.decoder.model.peft_config) == {"tool_picker", "tool_picker_b"}
+        with serve_in_thread(create_app([a, b], cfg)) as url:
+            answers = []
+            for name in ("tool_picker", "tool_picker_b"):
+                r = post(url, "/v1/chat/completions", {"model": name, "response_format": enum,
+                                                       "messages": [{"role": "user", "content": "play jazz"}]})
+                assert r.status_code == 200, r.text
+                answers.append(json.loads(r.json()["choices"][0]["message"]["content"]))
+            assert all(x["tool"] in ("music.play", "no_tool") for x in answers)
+            assert [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]] == ["tool_picker", "tool_picker_b"]
+        by_mode.append(answers)
+    assert by_mode[0] == by_mode[1]
 
 
 def test_a_model_whose_contract_does_not_match_is_a_clear_startup_error(tmp_path, tiny_model_dir, tool_picker):
