@@ -53,12 +53,11 @@ def load(args):
     elif latest_run("tool_picker", args.runs_dir) is not None:
         model_dir = latest_run("tool_picker", args.runs_dir) / "model"
     else:
-        from schemabuild.pipeline import train_task
-        from schemabuild.train import TrainConfig
+        from schemabuild.pipeline import PipelineConfig, train_task
 
         root = Path(tempfile.mkdtemp(prefix="bench-decode-"))
         print(f"no tool_picker run found: training a tiny one under {root} (minutes on CPU)")
-        model_dir = train_task(task, TrainConfig(base="tiny", eval=False), runs_dir=root) / "model"
+        model_dir = train_task(task, PipelineConfig(base="tiny", eval=False), runs_dir=root) / "model"
     print(f"model: {model_dir}")
     return task, Predictor.from_model_dir(task, model_dir, device=args.device), gold
 

@@ -15,12 +15,12 @@ from schemabuild.config import ConfigError, click_options, from_options, load_co
 from schemabuild.contract import canonical_json
 from schemabuild.errors import SchemabuildError
 from schemabuild.evaluate import EvalConfig, run_eval
-from schemabuild.pipeline import train_task
+from schemabuild.pipeline import PipelineConfig, train_task
 from schemabuild.predictor import Predictor
 from schemabuild.runs import resolve_run
 from schemabuild.synth import DATASET_FORMATS, SynthConfig, export_dataset, synthesize
 from schemabuild.task import TaskError, describe, list_tasks, load_task, tasks_dir as resolve_tasks_dir, write_template
-from schemabuild.train import MODEL_FORMATS, TrainConfig, export_merged, export_vllm
+from schemabuild.train import MODEL_FORMATS, export_merged, export_vllm
 from schemabuild.serve.app import run_server
 from schemabuild.serve.config import ServeConfig
 
@@ -180,12 +180,12 @@ def synth(ctx, task, tasks_dir, runs_dir, config_file, **options):
 @TASKS_DIR
 @RUNS_DIR
 @CONFIG
-@click_options(TrainConfig)
+@click_options(PipelineConfig)
 @click.pass_context
 @user_errors
 def train(ctx, task, tasks_dir, runs_dir, config_file, **options):
     """Synthesize (if needed), fine-tune and evaluate TASK; prints where everything went."""
-    cfg = make_config(TrainConfig, ctx, options, config_file)
+    cfg = make_config(PipelineConfig, ctx, options, config_file)
     train_task(_load(task, tasks_dir), cfg, runs_dir=runs_dir)
 
 

@@ -11,6 +11,7 @@ launcher nothing is synthesized: every process trains the same run.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from schemabuild.errors import ConfigError
@@ -24,7 +25,30 @@ DEFAULT_N = SynthConfig.n
 """Training pairs synthesized when there is no earlier data to take the size from (synth's own default, 800)."""
 
 
-def train_task(task, cfg: TrainConfig, runs_dir=None) -> Path:
+@dataclasses.dataclass
+class PipelineConfig(TrainConfig):
+    """The `train` command's settings: the trainer's (`TrainConfig`) plus which data, the evaluation and refinement
+    around it."""
+
+    run: str | None = None
+    """Train in this run directory or run id [default: the latest run if its data is fresh and untrained, else a new run]."""
+    n: int | None = None
+    """Training pairs to synthesize [default: reuse the latest run's fresh data whatever its size; 800 when there is
+    none]. A different --n than the data has asks for new data (made with the same teacher settings)."""
+    refine: int = 0
+    """Rounds of error-driven refinement after the first evaluation (0 = none)."""
+    eval: bool = True
+    """Evaluate on the gold set at the end."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n is not None and self.n < 1:
+            raise ConfigError(f"--n: must be >= 1, got {self.n}")
+        if self.refine < 0:
+            raise ConfigError(f"--refine: must be >= 0, got {self.refine}")
+
+
+def train_task(task, cfg: PipelineConfig, runs_dir=None) -> Path:
     """`schemabuild train`: synthesize if needed, fine-tune, evaluate, refine; print where everything went."""
     check_base_arg(cfg.base)  # a mistyped --base fails now, not after synthesis (possibly paid teacher calls)
     run_dir = pick_run(task, cfg, runs_dir)
@@ -40,7 +64,7 @@ def train_task(task, cfg: TrainConfig, runs_dir=None) -> Path:
     return run_dir
 
 
-def pick_run(task, cfg: TrainConfig, runs_dir=None) -> Path:
+def pick_run(task, cfg: PipelineConfig, runs_dir=None) -> Path:
     """The run to train in: --resume's, --run, the latest run when its data can be reused, or a new synthesized one."""
     if cfg.resume or cfg.run:
         flag = ("--resume --run" if cfg.run else "--resume") if cfg.resume else "--run"
@@ -60,7 +84,7 @@ def pick_run(task, cfg: TrainConfig, runs_dir=None) -> Path:
     return Path(synthesize(task, synth_cfg, runs_dir=runs_dir))
 
 
-def reusable(task, run: Run, cfg: TrainConfig) -> bool:
+def reusable(task, run: Run, cfg: PipelineConfig) -> bool:
     """Whether `train` may train on `run`'s data as it is: untrained, complete, made from the task as it is now, and
     of the size --n asks for (any size when --n is not given). The teacher that made it does not matter."""
     if run.is_trained() or not run.data_matches(task):
@@ -68,7 +92,7 @@ def reusable(task, run: Run, cfg: TrainConfig) -> bool:
     return cfg.n is None or cfg.n == _recorded(run).get("n")
 
 
-def synth_settings(cfg: TrainConfig, latest: Path | None) -> SynthConfig:
+def synth_settings(cfg: PipelineConfig, latest: Path | None) -> SynthConfig:
     """What a new synthesis uses: the latest data's recorded settings (teacher, judge, split...), --n and --seed."""
     recorded = _recorded(Run(latest)) if latest is not None else {}
     n = cfg.n or recorded.get("n") or DEFAULT_N
@@ -124,4 +148,4 @@ def ensure_run(task, runs_dir=None, **train_settings) -> Path:
         return latest
     why = "no trained run" if latest is None else f"{latest} is stale for the task as it is now"
     print(f"{task.name}: {why}; training one", flush=True)
-    return Path(train_task(task, TrainConfig(eval=False, **train_settings), runs_dir=runs_dir))
+    return Path(train_task(task, PipelineConfig(eval=False, **train_settings), runs_dir=runs_dir))

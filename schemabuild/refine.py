@@ -207,7 +207,7 @@ def refine(task, run_dir, train_cfg, rounds: int, runs_dir=None, per_round: int 
         shutil.copytree(run.model, backup / "model")
         write_jsonl(run.train_file, train_rows + rows)
         print(f"refine round {k}: +{len(rows)} pairs from the {teacher} teacher ({len(rejects)} rejected); retraining")
-        train_run(task, run_dir, dataclasses.replace(train_cfg, resume=False, refine=0))
+        train_run(task, run_dir, dataclasses.replace(train_cfg, resume=False))
         after = score_val(rdir / "after")
         entry["after"] = _field_scores(after)
         if _overall(entry["after"]) < _overall(scores):

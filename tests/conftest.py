@@ -113,7 +113,7 @@ def trained_run(tmp_path_factory, tool_picker):
     root = tmp_path_factory.mktemp("trained") / "runs"
     run_dir = write_offline_run(tool_picker, root, copies=3)
     # ~140 rows x 12 epochs (~200 steps of 8): fits its training inputs and stops at end-of-turn; not a general model.
-    train_run(tool_picker, run_dir, TrainConfig(base="tiny", device="cpu", eval=False, save_steps=10_000,
+    train_run(tool_picker, run_dir, TrainConfig(base="tiny", device="cpu", save_steps=10_000,
                                                 epochs=12, lr=2e-3))
     return run_dir
 

@@ -15,9 +15,8 @@ import schemabuild.pipeline as pipeline
 from schemabuild.cli import main
 from schemabuild.contract import load_contract
 from schemabuild.errors import ConfigError
-from schemabuild.pipeline import pick_run
+from schemabuild.pipeline import PipelineConfig, pick_run
 from schemabuild.runs import Run, latest_run, read_json
-from schemabuild.train import TrainConfig
 from tests.fake_openai import fake_openai  # noqa: F401  (the fixture)
 from tests.test_synth import deterministic
 
@@ -62,14 +61,14 @@ def test_train_reuses_custom_data_without_the_teacher_configured(fake_openai, mo
     assert CliRunner().invoke(main, ["synth", "tool_picker", *CUSTOM]).exit_code == 0
     monkeypatch.delenv("OPENAI_API_KEY")
     monkeypatch.delenv("OPENAI_BASE_URL")
-    assert pick_run(tool_picker, TrainConfig()) == latest_run("tool_picker")
+    assert pick_run(tool_picker, PipelineConfig()) == latest_run("tool_picker")
 
 
 def test_another_n_resynthesizes_with_the_recorded_teacher(fake_openai, trained_calls, tool_picker):  # noqa: F811
     fake_openai.responder = deterministic
     assert CliRunner().invoke(main, ["synth", "tool_picker", *CUSTOM]).exit_code == 0
     first = latest_run("tool_picker")
-    new = pick_run(tool_picker, TrainConfig(n=50))
+    new = pick_run(tool_picker, PipelineConfig(n=50))
     assert new != first
     manifest = Run(new).manifest()
     assert manifest["counts"]["requested"] == 50
@@ -79,19 +78,19 @@ def test_another_n_resynthesizes_with_the_recorded_teacher(fake_openai, trained_
 def test_stale_or_trained_data_is_not_reused(tool_picker, tmp_path):
     assert CliRunner().invoke(main, ["synth", "tool_picker", "--n", "30"]).exit_code == 0
     run = Run(latest_run("tool_picker"))
-    assert pipeline.reusable(tool_picker, run, TrainConfig())
-    assert not pipeline.reusable(tool_picker, run, TrainConfig(n=31))
+    assert pipeline.reusable(tool_picker, run, PipelineConfig())
+    assert not pipeline.reusable(tool_picker, run, PipelineConfig(n=31))
     changed = tool_picker.__class__(**{**tool_picker.__dict__, "instructions": tool_picker.instructions + " Be brief."})
-    assert not pipeline.reusable(changed, run, TrainConfig())
+    assert not pipeline.reusable(changed, run, PipelineConfig())
     run.model.mkdir()
     run.contract.write_text("{}")
-    assert not pipeline.reusable(tool_picker, run, TrainConfig())
+    assert not pipeline.reusable(tool_picker, run, PipelineConfig())
 
 
 def test_under_a_launcher_nothing_is_synthesized(tool_picker, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="synthesize first"):
-        pick_run(tool_picker, TrainConfig())
+        pick_run(tool_picker, PipelineConfig())
 
 
 @pytest.mark.slow

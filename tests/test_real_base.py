@@ -30,7 +30,7 @@ def real_run(tmp_path_factory, tool_picker):
 
     root = tmp_path_factory.mktemp("real") / "runs"
     run_dir = write_offline_run(tool_picker, root, copies=1)
-    train_run(tool_picker, run_dir, TrainConfig(base="smollm2-135m", device="cpu", eval=False, max_steps=8,
+    train_run(tool_picker, run_dir, TrainConfig(base="smollm2-135m", device="cpu", max_steps=8,
                                                 batch_size=4, logging_steps=1, save_steps=10_000))
     return run_dir
 

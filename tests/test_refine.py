@@ -68,7 +68,7 @@ def test_refine_round_on_a_tiny_run(trained_run, tool_picker, tmp_path):
     shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("checkpoints", "eval"))
     train_before = (run_dir / "data" / "train.jsonl").read_text()
     weights_before = (run_dir / "model" / "model.safetensors").read_bytes()
-    cfg = TrainConfig(base="tiny", device="cpu", eval=False, save_steps=10_000, max_steps=30)
+    cfg = TrainConfig(base="tiny", device="cpu", save_steps=10_000, max_steps=30)
     report = refine(tool_picker, run_dir, cfg, rounds=1, per_round=24)
 
     [entry] = report["rounds"]

@@ -18,10 +18,10 @@ from tests.conftest import write_offline_run
 from schemabuild.config import ConfigError
 from schemabuild.contract import ContractError, encode_example, end_of_turn, load_contract
 from schemabuild.task import TaskError
-from schemabuild.pipeline import train_task
+from schemabuild.pipeline import PipelineConfig, train_task
 from schemabuild.train import TrainConfig, resolve_base, train_run
 
-QUICK = dict(device="cpu", eval=False, max_steps=3, batch_size=4, logging_steps=1, save_steps=10_000)
+QUICK = dict(device="cpu", max_steps=3, batch_size=4, logging_steps=1, save_steps=10_000)
 
 
 def _env(tmp_path) -> dict:
@@ -325,13 +325,13 @@ def test_resume_of_another_tasks_run_is_one_line_error(tool_picker, tmp_path):
     other = tmp_path / "runs" / "other_task" / "r1"
     (other / "checkpoints" / "checkpoint-1").mkdir(parents=True)
     with pytest.raises(ConfigError, match="belongs to task 'other_task', not 'tool_picker'"):
-        train_task(tool_picker, TrainConfig(resume=True, run=str(other), **QUICK), runs_dir=tmp_path / "runs")
+        train_task(tool_picker, PipelineConfig(resume=True, run=str(other), eval=False, **QUICK), runs_dir=tmp_path / "runs")
 
 
 def test_resume_without_checkpoint_is_an_error(tool_picker, tmp_path):
     run_dir = write_offline_run(tool_picker, tmp_path / "runs", copies=1)
     with pytest.raises(ConfigError, match="--resume: .* no checkpoint"):
-        train_task(tool_picker, TrainConfig(resume=True, run=str(run_dir), **QUICK))
+        train_task(tool_picker, PipelineConfig(resume=True, run=str(run_dir), eval=False, **QUICK))
 
 
 def test_qlora_needs_cuda(tool_picker, tmp_path):

@@ -71,15 +71,6 @@ class TrainConfig:
     """Experiment tracking: none, tensorboard or wandb (passed to the Trainer)."""
     resume: bool = False
     """Continue the latest run (or --run) from its last checkpoint."""
-    run: str | None = None
-    """Train in this run directory or run id [default: the latest run if its data is fresh and untrained, else a new run]."""
-    n: int | None = None
-    """Training pairs to synthesize [default: reuse the latest run's fresh data whatever its size; 800 when there is
-    none]. A different --n than the data has asks for new data (made with the same teacher settings)."""
-    refine: int = 0
-    """Rounds of error-driven refinement after the first evaluation (0 = none)."""
-    eval: bool = True
-    """Evaluate on the gold set at the end."""
     device: str = "auto"
     """auto (CUDA when available), cuda or cpu."""
     save_steps: int = 50
@@ -121,10 +112,6 @@ class TrainConfig:
             raise ConfigError(f"--report-to: one of none, tensorboard, wandb; got {self.report_to!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device: one of auto, cpu, cuda; got {self.device!r}")
-        if self.n is not None and self.n < 1:
-            raise ConfigError(f"--n: must be >= 1, got {self.n}")
-        if self.refine < 0:
-            raise ConfigError(f"--refine: must be >= 0, got {self.refine}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError(f"--max-steps: -1 (all epochs) or >= 1, got {self.max_steps}")
 
