@@ -143,7 +143,7 @@ def test_labels_mask_the_prompt_and_train_the_end_of_turn(tool_picker, tiny_mode
 
 
 def test_group_by_length_batches_rows_of_similar_length(tool_picker, tiny_model_dir, tmp_path):
-    """The default sampler puts rows of like length in a batch (less padding); --no-group-by-length does not."""
+    """--group-by-length puts rows of like length in a batch (less padding); the default random batches do not."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from schemabuild.contract import canonical_json
