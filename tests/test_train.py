@@ -411,8 +411,10 @@ def test_cli_train_runs_the_whole_chain(tmp_path):
     assert f"model:  {run_dir / 'model'}" in done.stdout
 
 
-def test_cli_bad_base_exits_non_zero_with_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "schemabuild.cli", "train", "tool_picker", "--base", str(tmp_path / "x"),
+@pytest.mark.parametrize("base", ["missing-folder", "someone/not-cached-model"])  # the env sets HF_HUB_OFFLINE
+def test_cli_bad_base_exits_non_zero_with_one_line(tmp_path, base):
+    base = str(tmp_path / "x") if base == "missing-folder" else base
+    done = subprocess.run([sys.executable, "-m", "schemabuild.cli", "train", "tool_picker", "--base", base,
                            "--n", "20"], env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].startswith("Error: --base")

@@ -98,9 +98,14 @@ def check_base_arg(base: str) -> None:
             raise ConfigError(f"--base {base}: no such GGUF file")
         return
     looks_like_path = base.startswith((".", "/", "~")) or os.sep in base.strip("/").split("/", 1)[-1]
-    if not path.exists() and (looks_like_path or base.count("/") != 1):
+    if path.exists():
+        return
+    if looks_like_path or base.count("/") != 1:
         raise ConfigError(f"--base {base}: no such model folder (give a hub id like {DEFAULT_HUB_BASE}, a local path, "
                           f"a registry base ({', '.join(REGISTRY_BASES)}), `tiny` or `auto`)")
+    if _offline() and not _hub_cached(base):
+        raise ConfigError(f"--base {base}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set "
+                          f"(offline, `--base {AUTO_REGISTRY_BASE}` trains a real model from the package registry)")
 
 
 def resolve_base(base: str) -> Base:
@@ -133,9 +138,6 @@ def resolve_base(base: str) -> Base:
         return Base("local", str(folder), str(folder), info.get("source", ""), info.get("weights_sha256"))
     if path.exists():
         return _local_base(path, base)
-    if _offline() and not _hub_cached(base):
-        raise ConfigError(f"--base {base}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set "
-                          f"(offline, `--base {AUTO_REGISTRY_BASE}` trains a real model from the package registry)")
     return Base("hub", base, base, "hub")
 
 
