@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import html
 import json
 import os
@@ -31,8 +32,10 @@ class Browser:
     def __init__(self, tmp_path):
         to_child, self._to_child = os.pipe()
         self._from_child, from_child = os.pipe()
+        # the child's ends moved above fd 10 first, so that wiring them to 3 and 4 can never overwrite one with the other
+        to_child, from_child = (self._high(fd) for fd in (to_child, from_child))
 
-        def wire():  # in the child: the protocol wants commands on fd 3 and answers on fd 4
+        def wire():  # in the child: the protocol wants commands on fd 3 and answers on fd 4 (dup2 makes them inheritable)
             os.dup2(to_child, 3)
             os.dup2(from_child, 4)
 
@@ -40,11 +43,19 @@ class Browser:
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}", "--remote-debugging-pipe",
                "about:blank"]
+        # close_fds=False keeps the 3 and 4 that `wire` makes (pass_fds would need them open in this process too);
+        # Python's own descriptors are not inheritable, so nothing else leaks
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     preexec_fn=wire, pass_fds=(3, 4))
+                                     preexec_fn=wire, close_fds=False)
         os.close(to_child)
         os.close(from_child)
         self._buffer, self._next_id, self.session = b"", 0, None
+
+    @staticmethod
+    def _high(fd: int) -> int:
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+        os.close(fd)
+        return high
 
     def call(self, method: str, params: dict | None = None, timeout: float = 30.0) -> dict:
         self._next_id += 1
