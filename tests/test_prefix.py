@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from schemabuild.batch import Batch
 from schemabuild.contract import encode_prompt, grammar_schema, load_contract, prompt_prefix, shared_prefix_len, \
     student_prompt
 
@@ -54,6 +55,17 @@ class Widths:
 
     def close(self):
         self.handle.remove()
+
+
+def joined(decoder, reqs, joins: dict) -> list:
+    """Token ids of `reqs` decoded in one running batch, request i joining at the step `joins` names for it."""
+    batch, rows, step = Batch(), {}, 0
+    while step <= max(joins) or batch.rows:
+        new, _ = decoder.step(batch, [reqs[i] for i in joins.get(step, [])])
+        rows.update(zip(joins.get(step, []), new))
+        step += 1
+    assert batch.cache is None  # every row left, and its cache with it
+    return [decoder.result(rows[i]).token_ids for i in range(len(reqs))]
 
 
 def test_prompt_prefix_is_what_every_prompt_starts_with(tiny, tool_picker):
@@ -107,7 +119,6 @@ def test_reuse_is_byte_identical_alone_and_in_batches(tiny, tool_picker):
 
 
 def test_rows_joining_a_running_batch_with_reuse_decode_as_without(tiny, tool_picker):
-    from schemabuild.batch import Batch
     from schemabuild.decode import Decoder
 
     model, tok, contract = tiny
@@ -118,13 +129,7 @@ def test_rows_joining_a_running_batch_with_reuse_decode_as_without(tiny, tool_pi
     reuse = Decoder(model, tok, contract["stop_ids"], prefix_cache=8)
     expected = [plain.generate([r])[0].token_ids for r in reqs]
     joins = {0: [0], 1: [1, 6], 3: [2, 3], 5: [4], 9: [5, 7]}
-    batch, rows, step = Batch(), {}, 0
-    while step <= max(joins) or batch.rows:
-        new, _ = reuse.step(batch, [reqs[i] for i in joins.get(step, [])])
-        rows.update(zip(joins.get(step, []), new))
-        step += 1
-    assert [reuse.result(rows[i]).token_ids for i in range(len(reqs))] == expected
-    assert batch.cache is None
+    assert joined(reuse, reqs, joins) == expected
 
 
 def test_prefix_lru_is_bounded_and_switch_off_keeps_nothing(tiny, tool_picker):
@@ -211,7 +216,6 @@ def test_server_reuses_the_task_prefix_and_answers_as_without(tmp_path):
 def test_rows_of_two_adapters_share_each_pass_and_answer_as_alone(two_adapters, tool_picker):
     """One batch, one forward pass per step for rows of both adapters (PEFT `adapter_names`), rows joining a running
     batch, prefix reuse on: token ids equal each request decoded alone with its adapter set (no reuse)."""
-    from schemabuild.batch import Batch
     from schemabuild.decode import Decoder
 
     model, tok, contract = two_adapters
@@ -236,12 +240,7 @@ def test_rows_of_two_adapters_share_each_pass_and_answer_as_alone(two_adapters, 
     assert sorted({adapter for adapter, _ in mixed.prefixes.keys()}) == ["task_a", "task_b"]
 
     joins = {0: [0, 1], 2: [2, 7], 4: [3, 4, 5], 9: [6, 8, 9]}
-    batch, rows, step = Batch(), {}, 0
-    while step <= max(joins) or batch.rows:
-        new, _ = mixed.step(batch, [reqs[i] for i in joins.get(step, [])])
-        rows.update(zip(joins.get(step, []), new))
-        step += 1
-    assert [mixed.result(rows[i]).token_ids for i in range(len(reqs))] == expected
+    assert joined(mixed, reqs, joins) == expected
 
 
 def test_engine_serves_two_adapters_in_one_running_batch(two_adapters, tool_picker):
