@@ -158,7 +158,7 @@ def main() -> None:
     import xgrammar as xgr
     from transformers import AutoTokenizer
 
-    from schemabuild.decode import GrammarError
+    from schemabuild.errors import GrammarError
     from schemabuild.serve.compiler import GrammarPool
     from schemabuild.serve.schemas import SchemaRefused, prepare_schema
     from tests.serving import build_quick

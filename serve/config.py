@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+from typing import Literal
 
 from schemabuild.config import ConfigError
 
@@ -51,6 +52,8 @@ class ServeConfig:
     """Seconds a client schema's grammar may take to compile (400 invalid_schema after; the result is cached)."""
     compile_memory_mb: int = 2048
     """Memory a grammar compile may take, in a child process (400 invalid_schema above)."""
+    grammar_backend: Literal["xgrammar", "llguidance"] = "xgrammar"
+    """Grammar engine for constrained decoding: xgrammar or llguidance (same answers on task schemas)."""
 
     def __post_init__(self) -> None:
         if self.api_key is None:
@@ -73,5 +76,7 @@ class ServeConfig:
             raise ConfigError("--request-timeout-s: must be positive")
         if self.prefix_cache < 0:
             raise ConfigError("--prefix-cache: must not be negative")
+        if self.grammar_backend not in ("xgrammar", "llguidance"):
+            raise ConfigError(f"--grammar-backend {self.grammar_backend}: expected xgrammar or llguidance")
         if self.batch_window_ms < 0:
             raise ConfigError("--batch-window-ms: must not be negative")

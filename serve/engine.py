@@ -15,9 +15,9 @@ import threading
 import time
 from typing import Any
 
-from schemabuild.batch import Batch
-from schemabuild.decode import GrammarError, Request, Result
-from schemabuild.grammar import grammar_cache_size
+from schemabuild.errors import GrammarError
+from schemabuild.inference.kv import Batch
+from schemabuild.inference.request import Request, Result
 
 
 class QueueFull(Exception):
@@ -78,24 +78,15 @@ class Engine:
                        "completion_tokens": 0, "forward_passes": 0, "batch_sizes": collections.Counter(),
                        "busy_s": 0.0}
         self._stats_lock = threading.Lock()
-        self.own_schemas: list = []  # the served tasks' schemas, compiled at start (see `_warm`)
 
     def start(self) -> None:
         if self.grammars is not None:
-            threading.Thread(target=self._warm, daemon=True).start()
+            # the compile children start now, so the first client schema does not wait for them (the tasks' own
+            # grammars were compiled at load, into the backend's cache the pool shares)
+            threading.Thread(target=self.grammars.warm, daemon=True).start()
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._work, name="schemabuild-engine", daemon=True)
             self._thread.start()
-
-    def _warm(self) -> None:
-        """Start the compile children and compile the tasks' own grammars now: compiled lazily, a task's first
-        normal request could queue behind a client's slow schema in the pool (8 s in the hardening test)."""
-        self.grammars.warm()
-        for schema in self.own_schemas:
-            try:
-                self.grammars.compile(schema)
-            except GrammarError:
-                pass  # answered to the first request that needs it
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the queued and running work, then end the worker thread."""
@@ -157,7 +148,7 @@ class Engine:
             s["rows_running"] = self._running
         s["queue_depth"] = self._queue.qsize()
         s["running"] = self._thread is not None and self._thread.is_alive()
-        s["grammars_cached"] = grammar_cache_size()
+        s["grammars_cached"] = len(self.decoder.grammars.cache)
         if self.grammars is not None:
             for key, value in self.grammars.stats.items():
                 s[f"grammar_{key}"] = round(value, 6) if isinstance(value, float) else value
@@ -210,8 +201,8 @@ class Engine:
                 return
             jobs, stopping = self._admit(running, stopping)
             joining: dict[str | None, list[Job]] = {}
-            for job in jobs:  # a mixed-adapter decoder runs every adapter's rows in one batch
-                key = None if getattr(self.decoder, "mixed", False) else job.req.adapter
+            for job in jobs:  # the decoder's grouping: one batch per adapter, or one in all when mixed
+                key = self.decoder.group_key(job.req)
                 joining.setdefault(key, []).append(job)
                 batches.setdefault(key, Batch(key))
             for adapter in list(batches):  # every adapter with work takes one step per round

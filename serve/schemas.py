@@ -18,7 +18,7 @@ import json
 import re
 from typing import Any
 
-from schemabuild.serve.schema_size import INF, Limits, SchemaRefused, _check_finite, _types, check_left_recursion
+from schemabuild.serve.schema_size import INF, Limits, SchemaRefused, check_finite, schema_types, check_left_recursion
 
 __all__ = ["Limits", "SchemaRefused", "output_violation", "prepare_schema"]
 
@@ -54,7 +54,7 @@ def prepare_schema(schema: Any, strict: bool = True, limits: Limits = Limits()) 
             from None
     walk = _Walk(schema, strict, limits)
     out = walk.node(copy.deepcopy(schema), "$")
-    _check_finite(out, limits)
+    check_finite(out, limits)
     check_left_recursion(schema)  # the client's schema: the output is checked against it as written
     return out, sorted(set(walk.relaxed))
 
@@ -261,7 +261,7 @@ class _Walk:
             elif out[key] == value:
                 continue
             elif key == "type":
-                ta, tb = _types(out) or set(), _types(b) or set()
+                ta, tb = schema_types(out) or set(), schema_types(b) or set()
                 both = (ta & tb) | ({"integer"} if ("integer" in ta and "number" in tb)
                                     or ("number" in ta and "integer" in tb) else set())
                 if not both:
@@ -290,7 +290,7 @@ class _Walk:
         return out
 
     def values(self, node: dict, path: str) -> None:
-        types = _types(node)
+        types = schema_types(node)
         if "enum" in node:
             if len(node["enum"]) > self.limits.max_enum:
                 raise SchemaRefused("enum", f"{path}.enum", f"{len(node['enum'])} values; the limit is "
@@ -370,7 +370,7 @@ def _disjoint(branches: list, walk: _Walk) -> bool:
 
 
 def _apart(a: dict, b: dict) -> bool:
-    ta, tb = _types(a), _types(b)
+    ta, tb = schema_types(a), schema_types(b)
     if ta is not None and tb is not None:
         num = {"integer", "number"}
         if not (ta & tb) and not (ta & num and tb & num):

@@ -78,7 +78,7 @@ def test_chat_completion_is_a_proper_chat_completion_object(server, quick):
 
 def test_chat_prompts_are_the_contract_prompts(server, quick):
     from schemabuild.contract import encode_prompt, system_prompt
-    from schemabuild.serve.protocol import ChatMessage
+    from schemabuild.serve.bodies import ChatMessage
     from schemabuild.serve.serving import chat_prompt_ids as _chat_prompt_ids
 
     [s] = server.served

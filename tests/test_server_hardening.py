@@ -146,7 +146,7 @@ def test_a_slow_compile_is_refused_at_the_time_limit_cached_and_never_holds_up_o
 
 
 def test_a_schema_violation_is_never_a_200_and_is_counted():
-    from schemabuild.decode import Result
+    from schemabuild.inference.request import Result
     from schemabuild.serve.errors import APIError
     from schemabuild.serve.metrics import Metrics
     from schemabuild.serve.serving import check_output
