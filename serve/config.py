@@ -26,7 +26,8 @@ class ServeConfig:
     default_max_tokens: int = 256
     """max_tokens when a request gives none."""
     request_timeout_s: float = 60.0
-    """Seconds a request may wait for its answer (504 after)."""
+    """Seconds a request may go without progress: waiting in the queue, or between two decode steps once it runs
+    (504 after). A long answer that is still decoding is never cut off."""
     max_queue: int = 256
     """Requests waiting for the decoder at most; more get 429 with Retry-After."""
     max_batch: int = 32

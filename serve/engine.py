@@ -41,6 +41,8 @@ class Job:
     """Tokens this request may hold in the KV cache (prompt + max_tokens), counted against the cap."""
     cancelled: bool = False
     sent: int = 0
+    progress: float = dataclasses.field(default_factory=time.monotonic)
+    """When it last made progress (queued, or a decode step that advanced it): what the request timeout bounds."""
 
     def cancel(self) -> None:
         """The caller left: the worker drops the sequence at the next step and frees its slot."""
@@ -131,14 +133,29 @@ class Engine:
             raise QueueFull(f"the request queue is full ({self._queue.maxsize} waiting)") from None
         return job
 
-    async def submit(self, req: Request) -> Result:
-        """Queue `req` and wait for its result (see `enqueue`); a cancelled caller frees the sequence's slot."""
+    async def submit(self, req: Request, idle_timeout_s: float | None = None) -> Result:
+        """Queue `req` and wait for its result (see `enqueue`); a cancelled caller frees the sequence's slot.
+        TimeoutError (and the sequence cancelled) after `idle_timeout_s` without progress (see `wait`)."""
         job = await self.enqueue(req)
         try:
-            return await job.future
-        except asyncio.CancelledError:
+            return await self.wait(job, idle_timeout_s)
+        except (asyncio.CancelledError, asyncio.TimeoutError, TimeoutError):
             job.cancel()
             raise
+
+    @staticmethod
+    async def wait(job: Job, idle_timeout_s: float | None = None) -> Result:
+        """`job`'s result. With `idle_timeout_s`, TimeoutError once that long passes without progress: waiting in
+        the queue counts, but every decode step that advances the job starts the clock again, so a long answer that
+        is still decoding never times out."""
+        while True:
+            left = None if idle_timeout_s is None else job.progress + idle_timeout_s - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"no progress for {idle_timeout_s:g} s")
+            try:
+                return await asyncio.wait_for(asyncio.shield(job.future), timeout=left)
+            except (asyncio.TimeoutError, TimeoutError):
+                continue  # the loop checks whether it progressed meanwhile
 
     def stats(self) -> dict:
         with self._stats_lock:
@@ -233,7 +250,9 @@ class Engine:
             return
         for job, row in zip(jobs, new_rows):
             row.tag = job
+        now = time.monotonic()
         for row in batch.rows + finished:
+            row.tag.progress = now
             self._emit(row.tag, row.ids)
         for row in finished:
             self._settle(row.tag, result=self.decoder.result(row))

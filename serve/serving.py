@@ -42,6 +42,11 @@ def decode_request(s: Served, prompt_ids: list[int], schema: dict | None, opts: 
         raise APIError(400, f"{param}: {exc}", param=param, code="context_length_exceeded") from None
 
 
+def timeout_message(cfg: ServeConfig) -> str:
+    return (f"no progress for {cfg.request_timeout_s:g} s (--request-timeout-s: the most a request waits in the "
+            "queue, or between two decode steps once it runs)")
+
+
 @contextlib.contextmanager
 def _engine_errors(cfg: ServeConfig):
     """The engine's refusals as APIErrors (400, 429, 504)."""
@@ -51,8 +56,7 @@ def _engine_errors(cfg: ServeConfig):
         raise APIError(429, f"the server is busy ({exc}); retry shortly", code=exc.code,
                        headers={"Retry-After": "1"}) from None
     except (asyncio.TimeoutError, TimeoutError):
-        raise APIError(504, f"no answer within {cfg.request_timeout_s:g} s (--request-timeout-s)",
-                       type="timeout_error", code="timeout") from None
+        raise APIError(504, timeout_message(cfg), type="timeout_error", code="timeout") from None
     except GrammarError as exc:
         param = "response_format.json_schema.schema"
         raise APIError(400, f"{param}: {first_line(exc) or 'the schema cannot be compiled'}",
@@ -66,7 +70,7 @@ async def generate(cfg: ServeConfig, metrics: Metrics, s: Served, prompt_ids: li
     """Decode one request on the task's engine; every failure is an APIError (400, 429, 504)."""
     req = decode_request(s, prompt_ids, schema, opts, param)
     with _engine_errors(cfg):
-        result = await asyncio.wait_for(s.engine.submit(req), timeout=cfg.request_timeout_s)
+        result = await s.engine.submit(req, idle_timeout_s=cfg.request_timeout_s)
     metrics.add_result(s.task.name, result.prompt_tokens, result.completion_tokens, result.finish_reason)
     return result
 
@@ -110,7 +114,8 @@ def requested_schema(s: Served, fmt: ResponseFormat | None) -> tuple[dict | None
     if spec is None or spec.schema_ is None:
         raise APIError(400, f"{param}: required when type is json_schema", param=param, code="invalid_schema")
     try:
-        schema, relaxed = prepare_schema(spec.schema_, strict=spec.strict is not False)
+        schema, relaxed = prepare_schema(spec.schema_, strict=spec.strict is not False,
+                                         engine=s.decoder.grammars.name)
     except SchemaRefused as exc:
         raise APIError(400, f"{param}: {exc}", param=param, code="invalid_schema") from None
     except RecursionError:
@@ -185,8 +190,6 @@ async def stream_chunks(cfg: ServeConfig, metrics: Metrics, s: Served, job, head
     def error(exc: APIError) -> str:
         return _event({"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}})
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + cfg.request_timeout_s
     stop_ids = set(s.decoder.stop_ids)
     ids: list[int] = []
     sent = ""
@@ -194,11 +197,11 @@ async def stream_chunks(cfg: ServeConfig, metrics: Metrics, s: Served, job, head
         yield chunk({"role": "assistant", "content": ""})
         while True:
             try:
-                new = await asyncio.wait_for(job.deltas.get(), timeout=max(deadline - loop.time(), 0))
+                # every decode step of this request sends a delta: a gap this long is a request without progress
+                new = await asyncio.wait_for(job.deltas.get(), timeout=cfg.request_timeout_s)
             except (asyncio.TimeoutError, TimeoutError):
                 job.cancel()
-                yield error(APIError(504, f"no answer within {cfg.request_timeout_s:g} s (--request-timeout-s)",
-                                     type="timeout_error", code="timeout"))
+                yield error(APIError(504, timeout_message(cfg), type="timeout_error", code="timeout"))
                 yield "data: [DONE]\n\n"
                 return
             if new is None:

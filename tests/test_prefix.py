@@ -206,9 +206,9 @@ def test_server_reuses_the_task_prefix_and_answers_as_without(tmp_path):
             answers.append(got)
             [served] = srv.served
             kept.append([ids for _, ids in served.decoder.prefixes.keys()])
-            assert served.prefix and srv.cfg.prefix_cache == size
+            assert served.model.prefix and srv.cfg.prefix_cache == size
     assert answers[0] == answers[1]
-    assert kept[1] == [] and len(kept[0]) == 1 and list(kept[0][0]) == served.prefix
+    assert kept[1] == [] and len(kept[0]) == 1 and list(kept[0][0]) == served.model.prefix
 
 
 # ---- mixed-adapter steps ---------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def test_predict_gets_the_same_input_checks(srv):
 def test_max_tokens_above_the_context_is_capped_not_refused(srv):
     r = httpx.post(srv.url + CHAT, json=chat_body(max_tokens=900_000), timeout=120)
     assert r.status_code == 200, r.text
-    assert r.json()["usage"]["total_tokens"] <= srv.served[0].context
+    assert r.json()["usage"]["total_tokens"] <= srv.served[0].model.context
 
 
 def test_a_slow_compile_is_refused_at_the_time_limit_cached_and_never_holds_up_others(srv):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Literal
 
 from schemabuild.errors import ConfigError
 
@@ -32,6 +33,8 @@ class EvalConfig:
     """Score only the first N rows (a quick check)."""
     out: Path | None = None
     """Report folder [default: <run>/eval]."""
+    grammar_backend: Literal["xgrammar", "llguidance"] = "xgrammar"
+    """Grammar engine for constrained decoding."""
     def __post_init__(self) -> None:
         self.compare = list(self.compare or [])
         self.min = list(self.min or [])
