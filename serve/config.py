@@ -5,6 +5,7 @@ import os
 from typing import Literal
 
 from schemabuild.config import ConfigError
+from schemabuild.inference.grammars import DEFAULT_BACKEND
 
 
 @dataclasses.dataclass
@@ -53,7 +54,7 @@ class ServeConfig:
     """Seconds a client schema's grammar may take to compile (400 invalid_schema after; the result is cached)."""
     compile_memory_mb: int = 2048
     """Memory a grammar compile may take, in a child process (400 invalid_schema above)."""
-    grammar_backend: Literal["xgrammar", "llguidance"] = "xgrammar"
+    grammar_backend: Literal["xgrammar", "llguidance"] = DEFAULT_BACKEND
     """Grammar engine for constrained decoding: xgrammar or llguidance (same answers on task schemas)."""
 
     def __post_init__(self) -> None:
