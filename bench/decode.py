@@ -73,7 +73,7 @@ def main(argv=None) -> None:
     import torch
 
     from schemabuild.contract import messages
-    from schemabuild.decode import Decoder
+    from schemabuild.inference.decoder import Decoder
 
     torch.set_num_threads(args.threads)
     task, pred, gold = load(args)

@@ -64,7 +64,7 @@ def best_of(fn, repeat: int):
 
 
 def prefill(decoder, reqs):
-    from schemabuild.batch import Batch
+    from schemabuild.inference.kv import Batch
 
     batch = Batch()
     decoder.step(batch, reqs)
@@ -73,7 +73,7 @@ def prefill(decoder, reqs):
 
 def requests(pred, texts, instructions, max_tokens):
     from schemabuild.contract import encode_prompt, prompt_prefix, shared_prefix_len
-    from schemabuild.decode import Request
+    from schemabuild.inference.request import Request
 
     prefix = prompt_prefix(pred.tokenizer, instructions)
     out = []
@@ -136,7 +136,7 @@ def two_adapter_model(model_dir: Path, contract: dict):
 
 def mixed(pred, model_dir: Path, texts, args) -> None:
     from schemabuild.contract import system_prompt
-    from schemabuild.decode import Decoder
+    from schemabuild.inference.decoder import Decoder
 
     model = two_adapter_model(model_dir, pred.contract)
     d = pred.decoder
@@ -162,7 +162,7 @@ def main(argv=None) -> None:
     import torch
 
     from schemabuild.contract import system_prompt
-    from schemabuild.decode import Decoder
+    from schemabuild.inference.decoder import Decoder
     from schemabuild.predictor import Predictor
     from schemabuild.task import load_jsonl_examples, load_task
 

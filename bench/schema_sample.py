@@ -1,14 +1,16 @@
-"""Real-world-like schemas through the server's schema path, xgrammar alone and llguidance alone.
+"""Real-world-like schemas through the server's schema path, on both grammar backends (xgrammar, llguidance).
 
-    python bench/schema_sample.py [--per-kind 40] [--walks 20]
+    HF_HUB_OFFLINE=1 python bench/schema_sample.py [--per-kind 40] [--walks 10] [--backends xgrammar,llguidance]
 
 No network here, so the sample is generated, not downloaded: seeded families shaped like public collections
 (function-calling tool parameters, Kubernetes-style resources with $defs and allOf, JSON Schema Store-style
 config files with anyOf/oneOf/patternProperties, GitHub-style hard cases with $ref recursion and keywords
-beside combinators), plus hostile variants. For each schema: the server's walk (refused + reason, or the
-schema it compiles), compile time in a GrammarPool child, and soundness by random walks under the grammar's
-token mask (random allowed tokens until the grammar completes), each result validated with jsonschema
-against the ORIGINAL schema. Prints one table; numbers go to BENCHMARKS.md.
+beside combinators, allOf members with their own annotations), plus hostile variants. For each backend and schema:
+the server's walk for that engine (refused + reason, or the schema it compiles), the bounded compile (GrammarPool:
+a child process for xgrammar, in process for llguidance; cold cache), then random walks under the grammar's token
+mask (random allowed tokens until only a stop is left), each result validated with jsonschema against the ORIGINAL
+schema: valid (every finished walk valid), invalid (one was not: the server would answer 422), cut off (no walk
+finished within 160 tokens). Mask time is per token of the walks. Numbers go to BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -111,134 +113,146 @@ def github_hard(r: random.Random) -> dict:
                                              "required": {"type": "boolean"}}, "required": ["zz"]}
 
 
+def annotated_allof(r: random.Random) -> dict:
+    """allOf members that each carry their own annotations (titles, descriptions, x-* editor hints, examples)."""
+    members = []
+    for i in range(r.randint(2, 3)):
+        members.append({"type": "object", "title": f"part {i}", "description": f"the {i}th part",
+                        "x-intellij-html-description": f"<b>{i}</b>", "examples": [{f"f{i}": i}],
+                        "$comment": f"member {i}", "properties": {f"f{i}": {"type": "integer", "default": i}}})
+    return {"allOf": members, "required": ["f0"]}
+
+
 FAMILIES = {"function-calling": function_calling, "kubernetes-like": kubernetes, "schemastore-like": schemastore,
-            "github-hard-like": github_hard}
+            "github-hard-like": github_hard, "annotated-allof": annotated_allof}
 
 
-def random_walk(grammar, info, rng: random.Random, tokenizer, max_tokens: int = 160) -> str | None:
-    """Random allowed tokens under the mask until the grammar completes; the text, or None when cut off."""
+def random_walk(backend, grammar, rng: random.Random, tokenizer, printable: list, mask_times: list,
+                max_tokens: int = 160) -> str | None:
+    """Random allowed tokens under the backend's mask until only a stop token is left (or a coin says stop where a
+    stop token is allowed); the text, or None when cut off. Each mask's time goes to `mask_times`."""
     import numpy as np
-    import xgrammar as xgr
 
-    stop_ids, printable = _vocab(info)
-    m = xgr.GrammarMatcher(grammar)
-    mask = xgr.allocate_token_bitmask(1, info.vocab_size)
+    from schemabuild.inference.grammars import allowed_ids
+
+    m = backend.matcher(grammar)
+    mask = backend.allocate_mask(1)
+    stop_ids = set(backend.stop_ids)
     ids = []
     for _ in range(max_tokens):
-        if m.is_terminated():
-            break
-        m.fill_next_token_bitmask(mask)
-        bits = np.unpackbits(mask[0].numpy().view(np.uint8), bitorder="little")[: info.vocab_size]
-        allowed = np.nonzero(bits)[0].tolist()
-        stops = [t for t in allowed if t in stop_ids]
+        t0 = time.perf_counter()
+        m.fill_mask(mask, 0)
+        mask_times.append(time.perf_counter() - t0)
+        allowed = allowed_ids(mask, 0, backend.vocab_size)
+        allowed_set = set(allowed.tolist())
+        stops = [t for t in stop_ids if t in allowed_set]
         if stops and (rng.random() < 0.5 or len(allowed) == len(stops)):
             return tokenizer.decode(ids)
-        choices = [t for t in allowed if t not in stop_ids and printable[t]]
+        choices = [t for t in allowed.tolist() if t not in stop_ids and printable[t]] if len(allowed) < 4096 else None
+        if choices is None:  # a wide mask: sample until a printable allowed token comes up
+            choices = [int(t) for t in np.asarray(allowed)[rng.sample(range(len(allowed)), min(256, len(allowed)))]
+                       if t not in stop_ids and printable[t]]
         if not choices:
             return None
         tok = rng.choice(choices)
-        m.accept_token(tok)
+        if not m.accept(tok):
+            return None
         ids.append(tok)
-    return tokenizer.decode(ids) if m.is_terminated() else None
+    return None
 
 
-_VOCAB: dict = {}
+def tokenizer_for_bench(root: Path):
+    """The real base's tokenizer when it is cached (a 49k vocabulary, as served), else the tests' tiny one."""
+    from transformers import AutoTokenizer
+
+    real = Path.home() / ".cache" / "schemabuild" / "bases" / "smollm2-135m"
+    if (real / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(real), "smollm2-135m"
+    from tests.serving import build_quick
+
+    return AutoTokenizer.from_pretrained(build_quick(root).model_dir), "tiny"
 
 
-def _vocab(info) -> tuple[set, list]:
-    """(stop token ids, printable flag per token id), once per TokenizerInfo: its properties rebuild Python lists
-    on every access (4 ms for decoded_vocab), which made the walks take minutes per schema."""
-    if id(info) not in _VOCAB:
-        _VOCAB[id(info)] = (set(info.stop_token_ids), [all(c >= 0x20 for c in t) for t in info.decoded_vocab])
-    return _VOCAB[id(info)]
+def run_backend(name: str, tok, vocab_size: int, schemas: list, walks: int) -> dict:
+    """One backend over the sample, through the server's path: the walk for this engine, the bounded compile
+    (GrammarPool, cold cache), then random walks under the mask validated against the ORIGINAL schema."""
+    import jsonschema
+
+    from schemabuild.errors import GrammarError
+    from schemabuild.inference.grammars import make_backend
+    from schemabuild.serve.compiler import GrammarPool
+    from schemabuild.serve.schemas import SchemaRefused, prepare_schema
+
+    stop_ids = [tok.eos_token_id]
+    backend = make_backend(name, tok, vocab_size, stop_ids)
+    printable = [all(c >= 0x20 for c in t) for t in backend.token_bytes()]
+    pool = GrammarPool(backend, timeout_s=10, memory_mb=2048)
+    pool.warm()
+    rows, reasons, compile_s, mask_s, unsound = Counter(), Counter(), [], [], []
+    rng = random.Random(0)
+    for family, schema in schemas:
+        t0 = time.perf_counter()
+        try:
+            prepared, _ = prepare_schema(schema, engine=name)
+            grammar = pool.compile(prepared)
+        except (SchemaRefused, GrammarError) as exc:
+            rows["refused"] += 1
+            why = getattr(exc, "keyword", None) or ("timeout" if "time limit" in str(exc) else "compile")
+            reasons[why] += 1
+            if why == "compile" and len(reasons) < 40:
+                reasons[f"compile: {str(exc)[40:110]}"] += 1
+            continue
+        compile_s.append(time.perf_counter() - t0)
+        outs = [random_walk(backend, grammar, rng, tok, printable, mask_s) for _ in range(walks)]
+        done = [w for w in outs if w is not None]
+        validator = jsonschema.validators.validator_for(schema)(schema)
+        bad = [w for w in done if not _valid(validator, w)]
+        if bad:
+            rows["invalid"] += 1  # the server checks every output: these would be 422s, never 200s
+            unsound.append((family, bad[0][:80]))
+        elif done:
+            rows["valid"] += 1
+        else:
+            rows["cut off"] += 1
+    pool.close()
+    return {"rows": rows, "reasons": reasons, "compile_s": compile_s, "mask_s": mask_s, "unsound": unsound}
+
+
+def _valid(validator, text: str) -> bool:
+    try:
+        return validator.is_valid(json.loads(text))
+    except ValueError:
+        return False
 
 
 def main() -> None:
-    import jsonschema
-    import xgrammar as xgr
-    from transformers import AutoTokenizer
-
-    from schemabuild.decode import GrammarError
-    from schemabuild.serve.compiler import GrammarPool
-    from schemabuild.serve.schemas import SchemaRefused, prepare_schema
-    from tests.serving import build_quick
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-kind", type=int, default=40)
-    ap.add_argument("--walks", type=int, default=20)
+    ap.add_argument("--walks", type=int, default=10)
+    ap.add_argument("--backends", default="xgrammar,llguidance")
     args = ap.parse_args()
-    quick = build_quick(Path(tempfile.mkdtemp()))
-    tok = AutoTokenizer.from_pretrained(quick.model_dir)
-    info = xgr.TokenizerInfo.from_huggingface(tok, stop_token_ids=[tok.eos_token_id])
-    pool = GrammarPool(info, timeout_s=10, memory_mb=2048)
-    pool.warm()
-    plain = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
-    try:
-        from llguidance import LLMatcher
-    except ImportError:
-        LLMatcher = None
+    tok, tok_name = tokenizer_for_bench(Path(tempfile.mkdtemp()))
+    vocab_size = len(tok)
+    schemas = [(family, make(random.Random(f"{family}{i}"))) for family, make in FAMILIES.items()
+               for i in range(args.per_kind)]
+    print(f"sample: {len(schemas)} generated schemas, {args.per_kind} per family ({', '.join(FAMILIES)}); "
+          f"tokenizer {tok_name} ({vocab_size} tokens); {args.walks} random walks per schema; both backends in this "
+          "run, one after the other, on the same schemas", flush=True)
 
-    rows, reasons = Counter(), Counter()
-    t_server, t_xgr, t_llg = [], [], []
-    unsound_server, unsound_xgr = [], []
-    rng = random.Random(0)
-    for family, make in FAMILIES.items():
-        for i in range(args.per_kind):
-            schema = make(random.Random(f"{family}{i}"))
-            rows["schemas"] += 1
-            print(f"  {family} {i}", file=sys.stderr, flush=True)
-            text = json.dumps(schema)
-            t0 = time.perf_counter()  # xgrammar alone, as written (what the server used to do, minus the rewrite)
-            try:
-                raw = plain.compile_json_schema(text, any_whitespace=False, separators=(",", ":"), strict_mode=True)
-                t_xgr.append(time.perf_counter() - t0)
-                rows["xgrammar compiles"] += 1
-                if any(w is not None and not jsonschema.validators.validator_for(schema)(schema).is_valid(json.loads(w))
-                       for w in (random_walk(raw, info, rng, tok) for _ in range(args.walks))):
-                    unsound_xgr.append(family)
-            except RuntimeError:
-                pass
-            if LLMatcher is not None:
-                t0 = time.perf_counter()
-                err, _ = LLMatcher.validate_grammar_with_warnings(LLMatcher.grammar_from_json_schema(text)) \
-                    if hasattr(LLMatcher, "validate_grammar_with_warnings") else (
-                    not LLMatcher.validate_grammar(LLMatcher.grammar_from_json_schema(text))[0], None)
-                t_llg.append(time.perf_counter() - t0)
-                rows["llguidance accepts"] += not err
-            t0 = time.perf_counter()
-            try:
-                prepared, _ = prepare_schema(schema)
-                grammar = pool.compile(prepared)
-            except (SchemaRefused, GrammarError) as exc:
-                rows["server refused"] += 1
-                reasons[getattr(exc, "keyword", "compile")] += 1
-                continue
-            t_server.append(time.perf_counter() - t0)
-            rows["server compiled"] += 1
-            walks = [random_walk(grammar, info, rng, tok) for _ in range(args.walks)]
-            done = [w for w in walks if w is not None]
-            bad = [w for w in done if not jsonschema.validators.validator_for(schema)(schema).is_valid(json.loads(w))]
-            rows["walk outputs valid"] += len(done) - len(bad)
-            rows["walk outputs INVALID"] += len(bad)
-            if bad:
-                unsound_server.append((family, schema, bad[0]))
-    pool.close()
+    def pct(xs, q, scale=1000.0, unit="ms"):
+        return f"{statistics.quantiles(xs, n=100)[q - 1] * scale:.2f} {unit}" if len(xs) > 1 else "-"
 
-    def pct(xs, q):
-        return f"{statistics.quantiles(xs, n=100)[q - 1] * 1000:.1f} ms" if len(xs) > 1 else "-"
-
-    print(f"sample: {rows['schemas']} generated schemas, {args.per_kind} per family: {', '.join(FAMILIES)}")
-    for key in ("server compiled", "server refused", "walk outputs valid", "walk outputs INVALID",
-                "xgrammar compiles", "llguidance accepts"):
-        print(f"  {key:24s} {rows[key]}")
-    print(f"  refusal reasons          {dict(reasons)}")
-    print(f"  schemas the server's grammar let out invalid JSON for: {len(unsound_server)}; "
-          f"xgrammar alone (as written): {len(unsound_xgr)} {dict(Counter(unsound_xgr))}")
-    print(f"  compile p50/p99: server (walk + child compile) {pct(t_server, 50)} / {pct(t_server, 99)}; "
-          f"xgrammar alone {pct(t_xgr, 50)} / {pct(t_xgr, 99)}; llguidance alone {pct(t_llg, 50)} / {pct(t_llg, 99)}")
-    for family, schema, out in unsound_server:
-        err = next(jsonschema.validators.validator_for(schema)(schema).iter_errors(json.loads(out)))
-        print(f"  UNSOUND {family}: {err.json_path}: {err.message[:120]} | {out[:80]!r}")
+    for name in args.backends.split(","):
+        out = run_backend(name, tok, vocab_size, schemas, args.walks)
+        rows, n = out["rows"], len(schemas)
+        print(f"{name}: valid {rows['valid']}/{n} ({100 * rows['valid'] / n:.0f} %), refused {rows['refused']}, "
+              f"grammar let out invalid JSON (422, never a 200) {rows['invalid']}, walks all cut off {rows['cut off']}")
+        print(f"  compile (walk + bounded compile, cold) p50 {pct(out['compile_s'], 50)}, p99 {pct(out['compile_s'], 99)}; "
+              f"mask per token p50 {pct(out['mask_s'], 50, 1e6, 'us')}, mean "
+              f"{statistics.mean(out['mask_s']) * 1e6 if out['mask_s'] else 0:.1f} us")
+        print(f"  refusals: {dict(out['reasons'].most_common())}")
+        for family, text in out["unsound"][:5]:
+            print(f"  UNSOUND {family}: {text!r}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from schemabuild.config import ConfigError, click_options, from_options, load_co
 from schemabuild.contract import canonical_json
 from schemabuild.errors import SchemabuildError
 from schemabuild.evaluate import EvalConfig, run_eval
+from schemabuild.inference.grammars import BACKENDS, DEFAULT_BACKEND
 from schemabuild.pipeline import PipelineConfig, train_task
 from schemabuild.predictor import Predictor
 from schemabuild.runs import resolve_run
@@ -224,11 +225,13 @@ def serve(ctx, tasks, tasks_dir, runs_dir, config_file, **options):
 @RUNS_DIR
 @click.option("--run", default=None, help="Run directory or run id [default: the task's latest run].")
 @click.option("--max-tokens", default=256, show_default=True, help="Most output tokens.")
+@click.option("--grammar-backend", type=click.Choice(list(BACKENDS)), default=DEFAULT_BACKEND,
+              show_default=True, help="Grammar engine for constrained decoding.")
 @user_errors
-def predict(task, text, tasks_dir, runs_dir, run, max_tokens):
+def predict(task, text, tasks_dir, runs_dir, run, max_tokens, grammar_backend):
     """Run TASK's model locally on TEXT (no server) and print the JSON output."""
     t = _load(task, tasks_dir)
-    predictor = Predictor.from_run(t, run=run, runs_dir=runs_dir)
+    predictor = Predictor.from_run(t, run=run, runs_dir=runs_dir, grammar_backend=grammar_backend)
     result = predictor.predict(text, max_tokens=max_tokens)
     if result.output is None:
         click.echo(result.text, err=True)

@@ -62,9 +62,11 @@ def system_prompt(task: "Task", contract: dict | None = None) -> str:
     return task.instructions
 
 
-def messages(instructions: str, text: str) -> list[dict]:
-    """The prompt messages: system = the system prompt (student line or task instructions), user = input."""
-    return [{"role": "system", "content": instructions}, {"role": "user", "content": text}]
+def messages(instructions: str, text: str | list[dict]) -> list[dict]:
+    """The prompt messages: system = the system prompt (student line or task instructions), user = input (or, for a
+    multi-turn chat, its user and assistant turns as {"role", "content"} dicts)."""
+    turns = [{"role": "user", "content": text}] if isinstance(text, str) else list(text)
+    return [{"role": "system", "content": instructions}] + turns
 
 
 def chat_row(task: "Task", text: str, output: BaseModel | dict) -> dict:
@@ -115,8 +117,8 @@ def schema_hash(schema: dict | type[BaseModel]) -> str:
 
 # ---- token side ------------------------------------------------------------------------------------
 
-def render_prompt(tokenizer, instructions: str, text: str) -> str:
-    """The chat-templated prompt text, generation prompt on."""
+def render_prompt(tokenizer, instructions: str, text: str | list[dict]) -> str:
+    """The chat-templated prompt text, generation prompt on (`text`: the input, or a chat's turns)."""
     if not getattr(tokenizer, "chat_template", None):
         raise ContractError(
             "the tokenizer has no chat template; use an instruct model, `--base tiny`, or set tokenizer.chat_template"
@@ -150,7 +152,7 @@ def end_of_turn(tokenizer) -> tuple[str, list[int]]:
     return eot_text, ids
 
 
-def encode_prompt(tokenizer, instructions: str, text: str) -> list[int]:
+def encode_prompt(tokenizer, instructions: str, text: str | list[dict]) -> list[int]:
     """Prompt token ids, exactly as training saw them."""
     return tokenizer(render_prompt(tokenizer, instructions, text), add_special_tokens=False)["input_ids"]
 

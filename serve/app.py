@@ -5,10 +5,10 @@
 setup (load each task's model, check its contract, share one base among PEFT adapters) → run (FastAPI
 on uvicorn; requests go through the batching Engine, their grammars through a GrammarPool) → nothing to save.
 
-Where things are: config.py (settings), protocol.py (request bodies), errors.py, middleware.py (auth, body
+Where things are: config.py (settings), bodies.py (request bodies), errors.py, middleware.py (auth, body
 limit, metrics), routes.py (one function per route), serving.py (the work behind them), schemas.py (client
 schemas: the strict walk and the output check), compiler.py (grammar compiles in a bounded child process),
-engine.py (the request batcher), models.py (loading what is served), metrics.py. This file only wires them.
+engine.py (the request batcher), served.py (loading what is served), metrics.py. This file only wires them.
 """
 
 import asyncio
@@ -19,8 +19,7 @@ from typing import Any, Iterator
 
 from schemabuild.config import ConfigError
 from schemabuild.serve.config import ServeConfig
-from schemabuild.serve.models import Served, _as_served, load_models
-from schemabuild.serve.protocol import ChatMessage  # noqa: F401  (re-exported for callers of serve.app)
+from schemabuild.serve.served import Served, as_served, load_models
 from schemabuild.serve.errors import install_handlers
 from schemabuild.serve.metrics import Metrics
 from schemabuild.serve.middleware import Guard
@@ -42,7 +41,7 @@ def create_app(models: list, cfg: ServeConfig | None = None):
     from schemabuild.serve.routes import router
 
     cfg = cfg or ServeConfig()
-    served = {s.task.name: s for s in (_as_served(m) for m in models)}
+    served = {s.task.name: s for s in (as_served(m) for m in models)}
     if not served:
         raise ConfigError("TASKS: nothing to serve")
     engines = _engines(served, cfg)
@@ -79,22 +78,18 @@ def create_app(models: list, cfg: ServeConfig | None = None):
 
 
 def _engines(served: dict[str, Served], cfg: ServeConfig) -> dict[str, Any]:
-    """One Engine (with one GrammarPool) per decoder, labelled by the tasks it serves ("a+b")."""
-
+    """One Engine (with one GrammarPool on its decoder's grammar backend) per decoder, labelled by the tasks it
+    serves ("a+b")."""
     by_decoder: dict[int, Any] = {}
     names: dict[int, list[str]] = {}
     for s in served.values():
         key = id(s.decoder)
         if key not in by_decoder:
-            info = getattr(s.decoder, "tokenizer_info", None)
-            pool = GrammarPool(info, timeout_s=cfg.compile_timeout_s, memory_mb=cfg.compile_memory_mb) \
-                if info is not None else None
+            pool = GrammarPool(s.decoder.grammars, timeout_s=cfg.compile_timeout_s, memory_mb=cfg.compile_memory_mb)
             by_decoder[key] = Engine(s.decoder, max_batch=cfg.max_batch, window_ms=cfg.batch_window_ms,
                                      max_queue=cfg.max_queue, grammars=pool,
                                      max_tokens_in_flight=cfg.max_tokens_in_flight)
         s.engine = by_decoder[key]
-        if s.schema not in s.engine.own_schemas:
-            s.engine.own_schemas.append(s.schema)
         names.setdefault(key, []).append(s.task.name)
     return {"+".join(names[key]): engine for key, engine in by_decoder.items()}
 

@@ -1,9 +1,11 @@
 """Grammar compiles off the decode path, bounded in time and memory: `GrammarPool`.
 
-Each compile runs in a child process (forked from a forkserver that has xgrammar imported), under an address
-space cap. Past `timeout_s` the child is killed and the schema is refused; a child that dies (out of memory,
-abort) refuses it too. Results, failures included, are cached by schema hash, so a bad schema costs its
-time once. The child also runs the jump-forward search once on the fresh grammar, under the same limits.
+For a backend that compiles slowly on some schemas (xgrammar), each compile runs in a child process (forked from a
+forkserver that has the engine imported), under an address space cap. Past `timeout_s` the child is killed and the
+schema is refused; a child that dies (out of memory, abort) refuses it too. The child also runs the jump-forward
+search once on the fresh grammar, under the same limits. A backend that bounds its own work (llguidance's parser
+limits) compiles on the calling thread. Results, failures included, go to the backend's one grammar cache, so a bad
+schema costs its time once.
 """
 
 from __future__ import annotations
@@ -13,16 +15,16 @@ import collections
 import json
 import threading
 import time
-from typing import Any
 
 from schemabuild.errors import GrammarError
-from schemabuild.grammar import JSON_OBJECT_EBNF, grammar_key
+from schemabuild.inference.grammars import child_compiler, engine_error, grammar_key
 
 MAX_REPLY_BYTES = 256 * 2**20  # a serialized grammar larger than this is refused (the parent would hold it)
 
 
-def _child(conn, info_json: str, memory_mb: int) -> None:
-    """The compile worker: read (kind, text) jobs from `conn`, answer ("ok", serialized) or ("error", message)."""
+def _child(conn, backend: str, tokenizer_spec: str, memory_mb: int) -> None:
+    """The compile worker: read schema JSON texts (None = json_object) from `conn`, answer ("ok", payload) or
+    ("error", message)."""
     import os
     import resource
 
@@ -37,39 +39,29 @@ def _child(conn, info_json: str, memory_mb: int) -> None:
         if hard != resource.RLIM_INFINITY:
             cap = min(cap, hard)
         resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    import xgrammar as xgr
-
-    info = xgr.TokenizerInfo.deserialize_json(info_json)
-    compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
+    compile_schema = child_compiler(backend, tokenizer_spec)
+    too_big = f"compiling the grammar needs more than {memory_mb} MB (compile memory limit)"
     while True:
         try:
-            kind, text = conn.recv()
+            schema_json = conn.recv()
         except (EOFError, OSError):
             return
         try:
-            if kind == "ebnf":
-                grammar = compiler.compile_grammar(text)
-            else:
-                grammar = compiler.compile_json_schema(text, any_whitespace=False, separators=(",", ":"),
-                                                       strict_mode=True)
-            xgr.GrammarMatcher(grammar).find_jump_forward_string()  # must also stay inside the limits
-            reply = ("ok", grammar.serialize_json())
+            reply = ("ok", compile_schema(schema_json))
         except MemoryError:
-            reply = ("error", f"compiling the grammar needs more than {memory_mb} MB (compile memory limit)")
-        except Exception as exc:  # noqa: BLE001 - xgrammar raises RuntimeError with a C++ location prefix
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if "bad_alloc" in msg:
-                msg = f"compiling the grammar needs more than {memory_mb} MB (compile memory limit)"
-            reply = ("error", msg.split(": ", 1)[-1])
+            reply = ("error", too_big)
+        except Exception as exc:  # noqa: BLE001 - engines raise RuntimeError with a C++ location prefix
+            msg = engine_error(exc)
+            reply = ("error", too_big if "bad_alloc" in msg else msg)
         conn.send(reply)
 
 
 class _Worker:
     """One compile child process and its pipe."""
 
-    def __init__(self, ctx, info_json: str, memory_mb: int):
+    def __init__(self, ctx, spec: tuple[str, str], memory_mb: int):
         parent, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_child, args=(child, info_json, memory_mb), daemon=True,
+        self.proc = ctx.Process(target=_child, args=(child, *spec, memory_mb), daemon=True,
                                 name="schemabuild-grammar")
         self.proc.start()
         child.close()
@@ -83,17 +75,16 @@ class _Worker:
 
 
 class GrammarPool:
-    """Compile grammars for one tokenizer in child processes with a time and a memory limit; cache by schema hash."""
+    """Compile grammars for one decoder's backend with a time and a memory limit (in child processes when the backend
+    needs them); results and refusals go to the backend's grammar cache."""
 
-    def __init__(self, tokenizer_info, timeout_s: float = 10.0, memory_mb: int = 2048, workers: int = 1,
-                 cache_size: int = 256):
-        self.tokenizer_info = tokenizer_info
-        self.timeout_s, self.memory_mb, self.cache_size = timeout_s, memory_mb, cache_size
-        self._info_json = tokenizer_info.serialize_json()
+    def __init__(self, backend, timeout_s: float = 10.0, memory_mb: int = 2048, workers: int = 1):
+        self.backend = backend
+        self.timeout_s, self.memory_mb = timeout_s, memory_mb
+        self.spec = backend.child_spec()  # None: the backend bounds its own compiles, which run on the caller's thread
         self._idle: "collections.deque[_Worker | None]" = collections.deque([None] * max(1, workers))
         self._free = threading.Semaphore(max(1, workers))
         self._lock = threading.Lock()
-        self._cache: "collections.OrderedDict[str, Any]" = collections.OrderedDict()  # key -> grammar | GrammarError
         self._inflight: dict[str, threading.Event] = {}
         self.stats = collections.Counter()
 
@@ -101,23 +92,22 @@ class GrammarPool:
 
     def warm(self) -> None:
         """Start the child processes now (startup), so the first client schema does not wait for them."""
+        if self.spec is None:
+            return
         with self._lock:
             for i, w in enumerate(self._idle):
                 if w is None:
                     self._idle[i] = self._start()
 
     def compile(self, schema: dict | None):
-        """The CompiledGrammar for `schema` (None = any JSON object); GrammarError when refused."""
+        """The compiled grammar for `schema` (None = any JSON object); GrammarError when refused."""
         key = grammar_key(schema)
+        cache = self.backend.cache
         while True:
             with self._lock:
-                if key in self._cache:
-                    self._cache.move_to_end(key)
+                if key in cache:
                     self.stats["cache_hits"] += 1
-                    hit = self._cache[key]
-                    if isinstance(hit, GrammarError):
-                        raise hit
-                    return hit
+                    return cache.get(key)  # raises the cached refusal
                 wait = self._inflight.get(key)
                 if wait is None:
                     self._inflight[key] = threading.Event()
@@ -126,11 +116,10 @@ class GrammarPool:
         try:
             result = self._compile_uncached(schema)
         except GrammarError as exc:
+            self.stats["refused"] += 1
             result = exc
         with self._lock:
-            self._cache[key] = result
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            cache.put(key, result)
             self._inflight.pop(key).set()
         if isinstance(result, GrammarError):
             raise result
@@ -153,21 +142,27 @@ class GrammarPool:
         import multiprocessing
 
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["xgrammar", "schemabuild.serve.compiler"])
-        return _Worker(ctx, self._info_json, self.memory_mb)
+        ctx.set_forkserver_preload([self.spec[0], "schemabuild.serve.compiler"])
+        return _Worker(ctx, self.spec, self.memory_mb)
 
     def _compile_uncached(self, schema: dict | None):
-        import xgrammar as xgr
+        t0 = time.perf_counter()
+        try:
+            if self.spec is None:
+                return self.backend.compile(schema)
+            return self._compile_in_child(schema)
+        finally:
+            self.stats["compiles"] += 1
+            self.stats["compile_s"] += time.perf_counter() - t0
 
-        job = ("ebnf", JSON_OBJECT_EBNF) if schema is None else ("json", json.dumps(schema))
+    def _compile_in_child(self, schema: dict | None):
         self._free.acquire()
         with self._lock:
             worker = self._idle.popleft()
-        t0 = time.perf_counter()
         try:
             if worker is None or not worker.proc.is_alive():
                 worker = self._start()
-            kind, payload = self._ask(worker, job)
+            kind, payload = self._ask(worker, None if schema is None else json.dumps(schema))
         except GrammarError:
             worker.close()
             worker = None
@@ -176,14 +171,11 @@ class GrammarPool:
             with self._lock:
                 self._idle.append(worker)
             self._free.release()
-            self.stats["compiles"] += 1
-            self.stats["compile_s"] += time.perf_counter() - t0
         if kind != "ok":
-            self.stats["refused"] += 1
             raise GrammarError(f"unsupported or invalid JSON schema: {payload}")
-        return xgr.CompiledGrammar.deserialize_json(payload, self.tokenizer_info)
+        return self.backend.load(payload)
 
-    def _ask(self, worker: _Worker, job: tuple[str, str]):
+    def _ask(self, worker: _Worker, job: str | None):
         deadline = time.monotonic() + self.timeout_s
         try:
             worker.conn.send(job)

@@ -2,8 +2,10 @@
 
 import dataclasses
 import os
+from typing import Literal
 
 from schemabuild.config import ConfigError
+from schemabuild.inference.grammars import DEFAULT_BACKEND
 
 
 @dataclasses.dataclass
@@ -25,7 +27,8 @@ class ServeConfig:
     default_max_tokens: int = 256
     """max_tokens when a request gives none."""
     request_timeout_s: float = 60.0
-    """Seconds a request may wait for its answer (504 after)."""
+    """Seconds a request may go without progress: waiting in the queue, or between two decode steps once it runs
+    (504 after). A long answer that is still decoding is never cut off."""
     max_queue: int = 256
     """Requests waiting for the decoder at most; more get 429 with Retry-After."""
     max_batch: int = 32
@@ -51,6 +54,8 @@ class ServeConfig:
     """Seconds a client schema's grammar may take to compile (400 invalid_schema after; the result is cached)."""
     compile_memory_mb: int = 2048
     """Memory a grammar compile may take, in a child process (400 invalid_schema above)."""
+    grammar_backend: Literal["xgrammar", "llguidance"] = DEFAULT_BACKEND
+    """Grammar engine for constrained decoding: xgrammar or llguidance (same answers on task schemas)."""
 
     def __post_init__(self) -> None:
         if self.api_key is None:
@@ -73,5 +78,7 @@ class ServeConfig:
             raise ConfigError("--request-timeout-s: must be positive")
         if self.prefix_cache < 0:
             raise ConfigError("--prefix-cache: must not be negative")
+        if self.grammar_backend not in ("xgrammar", "llguidance"):
+            raise ConfigError(f"--grammar-backend {self.grammar_backend}: expected xgrammar or llguidance")
         if self.batch_window_ms < 0:
             raise ConfigError("--batch-window-ms: must not be negative")

@@ -15,9 +15,9 @@ import threading
 import time
 from typing import Any
 
-from schemabuild.batch import Batch
-from schemabuild.decode import GrammarError, Request, Result
-from schemabuild.grammar import grammar_cache_size
+from schemabuild.errors import GrammarError
+from schemabuild.inference.kv import Batch
+from schemabuild.inference.request import Request, Result
 
 
 class QueueFull(Exception):
@@ -41,6 +41,8 @@ class Job:
     """Tokens this request may hold in the KV cache (prompt + max_tokens), counted against the cap."""
     cancelled: bool = False
     sent: int = 0
+    progress: float = dataclasses.field(default_factory=time.monotonic)
+    """When it last made progress (queued, or a decode step that advanced it): what the request timeout bounds."""
 
     def cancel(self) -> None:
         """The caller left: the worker drops the sequence at the next step and frees its slot."""
@@ -78,24 +80,15 @@ class Engine:
                        "completion_tokens": 0, "forward_passes": 0, "batch_sizes": collections.Counter(),
                        "busy_s": 0.0}
         self._stats_lock = threading.Lock()
-        self.own_schemas: list = []  # the served tasks' schemas, compiled at start (see `_warm`)
 
     def start(self) -> None:
         if self.grammars is not None:
-            threading.Thread(target=self._warm, daemon=True).start()
+            # the compile children start now, so the first client schema does not wait for them (the tasks' own
+            # grammars were compiled at load, into the backend's cache the pool shares)
+            threading.Thread(target=self.grammars.warm, daemon=True).start()
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._work, name="schemabuild-engine", daemon=True)
             self._thread.start()
-
-    def _warm(self) -> None:
-        """Start the compile children and compile the tasks' own grammars now: compiled lazily, a task's first
-        normal request could queue behind a client's slow schema in the pool (8 s in the hardening test)."""
-        self.grammars.warm()
-        for schema in self.own_schemas:
-            try:
-                self.grammars.compile(schema)
-            except GrammarError:
-                pass  # answered to the first request that needs it
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the queued and running work, then end the worker thread."""
@@ -140,14 +133,29 @@ class Engine:
             raise QueueFull(f"the request queue is full ({self._queue.maxsize} waiting)") from None
         return job
 
-    async def submit(self, req: Request) -> Result:
-        """Queue `req` and wait for its result (see `enqueue`); a cancelled caller frees the sequence's slot."""
+    async def submit(self, req: Request, idle_timeout_s: float | None = None) -> Result:
+        """Queue `req` and wait for its result (see `enqueue`); a cancelled caller frees the sequence's slot.
+        TimeoutError (and the sequence cancelled) after `idle_timeout_s` without progress (see `wait`)."""
         job = await self.enqueue(req)
         try:
-            return await job.future
-        except asyncio.CancelledError:
+            return await self.wait(job, idle_timeout_s)
+        except (asyncio.CancelledError, asyncio.TimeoutError, TimeoutError):
             job.cancel()
             raise
+
+    @staticmethod
+    async def wait(job: Job, idle_timeout_s: float | None = None) -> Result:
+        """`job`'s result. With `idle_timeout_s`, TimeoutError once that long passes without progress: waiting in
+        the queue counts, but every decode step that advances the job starts the clock again, so a long answer that
+        is still decoding never times out."""
+        while True:
+            left = None if idle_timeout_s is None else job.progress + idle_timeout_s - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"no progress for {idle_timeout_s:g} s")
+            try:
+                return await asyncio.wait_for(asyncio.shield(job.future), timeout=left)
+            except (asyncio.TimeoutError, TimeoutError):
+                continue  # the loop checks whether it progressed meanwhile
 
     def stats(self) -> dict:
         with self._stats_lock:
@@ -157,7 +165,7 @@ class Engine:
             s["rows_running"] = self._running
         s["queue_depth"] = self._queue.qsize()
         s["running"] = self._thread is not None and self._thread.is_alive()
-        s["grammars_cached"] = grammar_cache_size()
+        s["grammars_cached"] = len(self.decoder.grammars.cache)
         if self.grammars is not None:
             for key, value in self.grammars.stats.items():
                 s[f"grammar_{key}"] = round(value, 6) if isinstance(value, float) else value
@@ -210,8 +218,8 @@ class Engine:
                 return
             jobs, stopping = self._admit(running, stopping)
             joining: dict[str | None, list[Job]] = {}
-            for job in jobs:  # a mixed-adapter decoder runs every adapter's rows in one batch
-                key = None if getattr(self.decoder, "mixed", False) else job.req.adapter
+            for job in jobs:  # the decoder's grouping: one batch per adapter, or one in all when mixed
+                key = self.decoder.group_key(job.req)
                 joining.setdefault(key, []).append(job)
                 batches.setdefault(key, Batch(key))
             for adapter in list(batches):  # every adapter with work takes one step per round
@@ -242,7 +250,9 @@ class Engine:
             return
         for job, row in zip(jobs, new_rows):
             row.tag = job
+        now = time.monotonic()
         for row in batch.rows + finished:
+            row.tag.progress = now
             self._emit(row.tag, row.ids)
         for row in finished:
             self._settle(row.tag, result=self.decoder.result(row))

@@ -31,7 +31,7 @@ def _encodable(text: str | None) -> str | None:
     return text.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(text, str) else text
 
 
-def _param(loc: tuple) -> str | None:
+def param_name(loc: tuple) -> str | None:
     """A pydantic error location as the OpenAI `param` string: messages[0].content."""
     out = ""
     for part in loc:
@@ -43,16 +43,16 @@ def _param(loc: tuple) -> str | None:
 _TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "function-after", "function-before"}
 
 
-def _validation_error(exc: ValidationError) -> APIError:
+def validation_error(exc: ValidationError) -> APIError:
     err = exc.errors()[0]
     loc = tuple(p for p in err["loc"] if p != "body" and not (isinstance(p, str) and (p in _TYPE_TAGS or "[" in p)))
-    param = _param(loc)
+    param = param_name(loc)
     where = f"{param}: " if param else ""
     msg = err["msg"].removeprefix("Value error, ")
     return APIError(400, f"{where}{msg}", param=param, code="invalid_value")
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else ""
 
@@ -86,7 +86,7 @@ def install_handlers(app) -> None:
     async def _request_validation(request, exc: RequestValidationError):
         errors = exc.errors()
         err = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        param = _param(tuple(p for p in err.get("loc", ()) if p not in ("body", "path", "query")))
+        param = param_name(tuple(p for p in err.get("loc", ()) if p not in ("body", "path", "query")))
         return reply_error(APIError(400, f"{param + ': ' if param else ''}{err.get('msg')}", param=param,
                                     code="invalid_value"))
 

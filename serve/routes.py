@@ -11,8 +11,8 @@ from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel
 
 from schemabuild.serve.errors import APIError
-from schemabuild.serve.models import Served
-from schemabuild.serve.protocol import ChatRequest, PredictRequest, _parse_body
+from schemabuild.serve.served import Served
+from schemabuild.serve.bodies import ChatRequest, PredictRequest, parse_body
 from schemabuild.serve.requestlog import log_row
 from schemabuild.serve.serving import (chat_prompt_ids, check_output, confidence, generate, logprobs, open_stream,
                            requested_schema, sampling, stream_chunks, task_output, usage)
@@ -33,7 +33,7 @@ def lookup(request: Request, name: str, param: str) -> Served:
 
 
 async def read(request: Request, model: type[BaseModel]):
-    return _parse_body(await request.body(), model)
+    return parse_body(await request.body(), model)
 
 
 def model_card(request: Request, name: str) -> dict:

@@ -29,14 +29,14 @@ class Limits:
     max_instance_bytes = 16_384
 
 
-def _types(node: dict) -> set[str] | None:
+def schema_types(node: dict) -> set[str] | None:
     t = node.get("type")
     if t is None:
         return None
     return {t} if isinstance(t, str) else set(t)
 
 
-def _check_finite(schema: dict, limits: Limits) -> None:
+def check_finite(schema: dict, limits: Limits) -> None:
     """Refuse schemas where a subschema's smallest instance is infinite (recursion) or over the size limit.
 
     Smallest sizes by fixed point over the $ref targets, so that jump-forward (which forces the text every
@@ -63,7 +63,7 @@ def _check_finite(schema: dict, limits: Limits) -> None:
         branches = node.get("anyOf") or node.get("oneOf")
         if branches:
             return min(size(b, path) for b in branches)
-        return min(_typed_size(node, t, size, path) for t in _types(node) or _inferred_types(node))
+        return min(_typed_size(node, t, size, path) for t in schema_types(node) or _inferred_types(node))
 
     root = size(schema, "$")
     for _ in range(2 * len(json.dumps(schema)) + 2):  # each round lowers a size or finds a target; bounded

@@ -18,16 +18,27 @@ import json
 import re
 from typing import Any
 
-from schemabuild.serve.schema_size import INF, Limits, SchemaRefused, _check_finite, _types, check_left_recursion
+from schemabuild.serve.schema_size import INF, Limits, SchemaRefused, check_finite, schema_types, check_left_recursion
 
 __all__ = ["Limits", "SchemaRefused", "output_violation", "prepare_schema"]
 
 ANNOTATIONS = {"title", "description", "default", "examples", "$comment", "$schema", "$id", "$anchor", "deprecated",
                "readOnly", "writeOnly", "contentMediaType", "contentEncoding", "contentSchema", "format",
                "$vocabulary", "discriminator", "nullable", "x-order"}
-# Validation keywords xgrammar 0.2 compiles without honouring (measured in bench/schema_sample.py).
-IGNORED = ("not", "if", "then", "else", "uniqueItems", "contains", "minContains", "maxContains", "dependentRequired",
-           "dependentSchemas", "dependencies", "unevaluatedItems", "$dynamicRef", "$recursiveRef")
+# Validation keywords xgrammar 0.2 compiles without honouring and llguidance refuses (measured in
+# bench/schema_sample.py). `dependencies` and its 2019 forms are rewritten instead (see `_Walk.dependencies`).
+IGNORED = ("not", "if", "then", "else", "uniqueItems", "contains", "minContains", "maxContains", "unevaluatedItems",
+           "$dynamicRef", "$recursiveRef")
+DEPENDENCIES = ("dependencies", "dependentRequired", "dependentSchemas")
+MAX_DEPENDENCY_BRANCHES = 16
+# `format` values both engines know; any other is only an annotation (JSON Schema's default), dropped before compiling.
+FORMATS = {"date", "date-time", "time", "duration", "email", "hostname", "ipv4", "ipv6", "uri", "uri-reference",
+           "uuid", "unknown"} - {"unknown"}
+
+
+def is_annotation(key: str) -> bool:
+    """A keyword that describes and never constrains: it never blocks a merge (`x-*` extensions included)."""
+    return key in ANNOTATIONS or key.startswith("x-")
 DEFS = ("$defs", "definitions")
 LOOKAROUND = re.compile(r"\(\?(?:=|!|<=|<!)|\\[1-9]|\\k<")
 REPEAT = re.compile(r"\{(\d+)(?:,(\d*))?\}")
@@ -35,8 +46,10 @@ PY_TYPES = {"string": (str,), "integer": (int,), "number": (int, float), "boolea
             "object": (dict,), "array": (list,)}
 
 
-def prepare_schema(schema: Any, strict: bool = True, limits: Limits = Limits()) -> tuple[dict, list[str]]:
-    """The schema to compile for a client's `schema`, and the keywords relaxed (only when not strict)."""
+def prepare_schema(schema: Any, strict: bool = True, limits: Limits = Limits(),
+                   engine: str = "xgrammar") -> tuple[dict, list[str]]:
+    """The schema to compile for a client's `schema` on grammar `engine`, and the keywords relaxed (only when not
+    strict)."""
     import jsonschema
 
     if not isinstance(schema, dict):
@@ -52,9 +65,9 @@ def prepare_schema(schema: Any, strict: bool = True, limits: Limits = Limits()) 
     except jsonschema.SchemaError as exc:
         raise SchemaRefused(str(exc.validator), _path(exc.absolute_path), f"not a valid JSON schema: {exc.message}") \
             from None
-    walk = _Walk(schema, strict, limits)
+    walk = _Walk(schema, strict, limits, engine)
     out = walk.node(copy.deepcopy(schema), "$")
-    _check_finite(out, limits)
+    check_finite(out, limits)
     check_left_recursion(schema)  # the client's schema: the output is checked against it as written
     return out, sorted(set(walk.relaxed))
 
@@ -146,8 +159,8 @@ def _has_type(value: Any, types: set[str]) -> bool:
 
 
 class _Walk:
-    def __init__(self, root: dict, strict: bool, limits: Limits):
-        self.root, self.strict, self.limits = root, strict, limits
+    def __init__(self, root: dict, strict: bool, limits: Limits, engine: str = "xgrammar"):
+        self.root, self.strict, self.limits, self.engine = root, strict, limits, engine
         self.relaxed: list[str] = []
         self.nodes = 0
 
@@ -173,6 +186,8 @@ class _Walk:
                 node = self.merge(node, self.deref(part, f"{path}.allOf[{i}]"), f"{path}.allOf[{i}]")
         else:
             raise SchemaRefused("allOf", path, "allOf nests (or refers to itself) more than 64 deep")
+        if any(key in node for key in DEPENDENCIES):
+            node = self.dependencies(node, path)
         for key in ("anyOf", "oneOf"):
             if key in node:
                 node = self.push_into_branches(node, key, path)
@@ -184,7 +199,7 @@ class _Walk:
             raise SchemaRefused("$ref", path, f"only local references (#/...) are supported, got {ref!r}")
         if ref is not None:
             self.deref(node, path)  # resolvable?
-            if len(set(node) - ANNOTATIONS - set(DEFS)) > 1:
+            if len([k for k in node if not is_annotation(k) and k not in DEFS]) > 1:
                 node = self.merge({k: v for k, v in node.items() if k != "$ref"}, self.deref(node, path), path)
         self.values(node, path)
         self.bounds(node, path)
@@ -200,13 +215,61 @@ class _Walk:
                 node[key] = [self.node(sub, f"{path}.{key}[{i}]") for i, sub in enumerate(node[key])]
         if isinstance(node.get("items"), list):  # draft-7 tuple form
             node["items"] = [self.node(sub, f"{path}.items[{i}]") for i, sub in enumerate(node["items"])]
-        if "oneOf" in node and not _disjoint(node["oneOf"], self):
+        if "oneOf" in node and _disjoint(node["oneOf"], self) and "anyOf" not in node:
+            node["anyOf"] = node.pop("oneOf")  # no instance matches two branches: exactly anyOf, which every engine has
+        elif "oneOf" in node and not _disjoint(node["oneOf"], self):
             branches = node["oneOf"]
             self.refuse_or_relax(node, "oneOf", f"{path}.oneOf", "its branches overlap, and this engine cannot "
                                  "keep outputs to exactly one; use anyOf")
             if "anyOf" not in node:  # relaxed (not strict): any branch, rather than none (an empty anyOf)
                 node["anyOf"] = branches
+        if isinstance(node.get("format"), str) and node["format"] not in FORMATS:
+            node.pop("format")  # an annotation to JSON Schema; an engine that does not know it would refuse it
         return node
+
+    def dependencies(self, node: dict, path: str) -> dict:
+        """`dependencies` / `dependentRequired` / `dependentSchemas` as an anyOf: for each trigger property, a branch
+        where it is absent and one where it is present with what it needs (both engines enforce anyOf)."""
+        deps: dict[str, Any] = {}
+        for key in DEPENDENCIES:
+            for name, need in (node.pop(key, None) or {}).items():
+                deps[name] = need
+        if "anyOf" in node or "oneOf" in node:
+            self.refuse_or_relax(node, "dependencies", f"{path}.dependencies",
+                                 "beside anyOf/oneOf this engine cannot enforce it")
+            return node
+        required = set(node.get("required") or [])
+        branches: list[tuple[list, set, set]] = [([], set(), set())]  # (schemas to add, absent names, required)
+        for name, need in deps.items():
+            grown = []
+            for extra, absent, present in branches:
+                if name not in required and name not in present:
+                    grown.append((extra, absent | {name}, present))
+                if name not in absent:
+                    needs = set(need) if isinstance(need, list) else set()
+                    grown.append((extra + ([need] if isinstance(need, dict) else []), absent, present | {name} | needs))
+            branches = [b for b in grown if not (b[1] & b[2])]
+            if len(branches) > MAX_DEPENDENCY_BRANCHES:
+                raise SchemaRefused("dependencies", f"{path}.dependencies",
+                                    f"more than {MAX_DEPENDENCY_BRANCHES} combinations of dependent properties")
+        if not branches:
+            raise SchemaRefused("dependencies", f"{path}.dependencies", "no object satisfies them with `required`")
+        keep = {k: v for k, v in node.items() if is_annotation(k) or k in DEFS}
+        base = {k: v for k, v in node.items() if k not in keep}
+        out = []
+        for extra, absent, present in branches:
+            branch = copy.deepcopy(base)
+            props = dict(branch.get("properties") or {})
+            if absent and self.engine == "xgrammar":  # its strict mode closes objects, and it refuses `false`
+                branch["properties"] = {k: v for k, v in props.items() if k not in absent}
+            elif absent:
+                branch["properties"] = {**props, **{k: False for k in sorted(absent)}}
+            if present:
+                branch["required"] = list(dict.fromkeys(list(branch.get("required") or []) + sorted(present)))
+            if extra:
+                branch["allOf"] = list(branch.get("allOf") or []) + extra
+            out.append(branch)
+        return {**keep, "anyOf": out} if len(out) > 1 else {**keep, **out[0]}
 
     def deref(self, node: Any, path: str) -> Any:
         """`node`, or the subschema its local $ref points to (one hop at a time, at most 32)."""
@@ -230,10 +293,10 @@ class _Walk:
 
     def push_into_branches(self, node: dict, key: str, path: str) -> dict:
         """Keywords beside anyOf/oneOf (which xgrammar drops) merged into each branch."""
-        beside = {k: v for k, v in node.items() if k not in ANNOTATIONS and k not in DEFS and k != key}
+        beside = {k: v for k, v in node.items() if not is_annotation(k) and k not in DEFS and k != key}
         if not beside:
             return node
-        keep = {k: v for k, v in node.items() if k in ANNOTATIONS or k in DEFS}
+        keep = {k: v for k, v in node.items() if is_annotation(k) or k in DEFS}
         branches = []
         for i, branch in enumerate(node[key]):
             try:
@@ -254,14 +317,14 @@ class _Walk:
             raise SchemaRefused("allOf", path, "a member admits nothing")
         out = dict(a)
         for key, value in b.items():
-            if key in DEFS or key in ANNOTATIONS:
+            if key in DEFS or is_annotation(key):
                 out.setdefault(key, value)
             elif key not in out:
                 out[key] = copy.deepcopy(value)
             elif out[key] == value:
                 continue
             elif key == "type":
-                ta, tb = _types(out) or set(), _types(b) or set()
+                ta, tb = schema_types(out) or set(), schema_types(b) or set()
                 both = (ta & tb) | ({"integer"} if ("integer" in ta and "number" in tb)
                                     or ("number" in ta and "integer" in tb) else set())
                 if not both:
@@ -274,7 +337,10 @@ class _Walk:
             elif key == "properties":
                 props = dict(out[key])
                 for name, sub in value.items():
-                    props[name] = {"allOf": [props[name], sub]} if name in props else sub
+                    if name in props and (sub is False or props[name] is False):
+                        props[name] = False
+                    else:
+                        props[name] = {"allOf": [props[name], sub]} if name in props else sub
                 out["properties"] = props
             elif key == "enum":
                 keep = [v for v in out["enum"] if v in value]
@@ -290,7 +356,7 @@ class _Walk:
         return out
 
     def values(self, node: dict, path: str) -> None:
-        types = _types(node)
+        types = schema_types(node)
         if "enum" in node:
             if len(node["enum"]) > self.limits.max_enum:
                 raise SchemaRefused("enum", f"{path}.enum", f"{len(node['enum'])} values; the limit is "
@@ -370,7 +436,7 @@ def _disjoint(branches: list, walk: _Walk) -> bool:
 
 
 def _apart(a: dict, b: dict) -> bool:
-    ta, tb = _types(a), _types(b)
+    ta, tb = schema_types(a), schema_types(b)
     if ta is not None and tb is not None:
         num = {"integer", "number"}
         if not (ta & tb) and not (ta & num and tb & num):

@@ -9,17 +9,17 @@ import asyncio
 import contextlib
 import json
 
-from schemabuild.decode import GrammarError, Request as DecodeRequest
+from schemabuild.errors import GrammarError
+from schemabuild.inference.request import Request as DecodeRequest
+from schemabuild.inference.task_model import PromptTooLong
+from schemabuild.serve.bodies import ChatMessage, ResponseFormat
 from schemabuild.serve.config import ServeConfig
 from schemabuild.serve.engine import QueueFull
-from schemabuild.serve.errors import APIError, _first_line
+from schemabuild.serve.errors import APIError, first_line
 from schemabuild.serve.metrics import Metrics
-from schemabuild.serve.models import Served
-from schemabuild.serve.protocol import ChatMessage, ResponseFormat
 from schemabuild.serve.schemas import SchemaRefused, output_violation, prepare_schema
-from schemabuild.contract import encode_prompt, shared_prefix_len, student_prompt, system_prompt
+from schemabuild.serve.served import Served
 from schemabuild.task import TaskError
-from schemabuild.predictor import field_confidence
 
 
 def sampling(cfg: ServeConfig, body, max_tokens: int | None) -> dict:
@@ -36,15 +36,15 @@ def sampling(cfg: ServeConfig, body, max_tokens: int | None) -> dict:
 
 def decode_request(s: Served, prompt_ids: list[int], schema: dict | None, opts: dict, param: str) -> DecodeRequest:
     """The decoder's request; a prompt longer than the model's context is a 400, max_tokens is capped to fit."""
-    opts = dict(opts)
-    if s.context:
-        room = s.context - len(prompt_ids)
-        if room < 1:
-            raise APIError(400, f"{param}: the prompt is {len(prompt_ids)} tokens; the model's context is "
-                                f"{s.context} tokens", param=param, code="context_length_exceeded")
-        opts["max_tokens"] = min(opts["max_tokens"], room)  # capped at what fits, as OpenAI-compatible servers do
-    return DecodeRequest(prompt_ids=prompt_ids, schema=schema, adapter=s.adapter,
-                         prefix_len=shared_prefix_len(s.prefix, prompt_ids), **opts)
+    try:
+        return s.model.request(prompt_ids, schema=schema, **opts)
+    except PromptTooLong as exc:
+        raise APIError(400, f"{param}: {exc}", param=param, code="context_length_exceeded") from None
+
+
+def timeout_message(cfg: ServeConfig) -> str:
+    return (f"no progress for {cfg.request_timeout_s:g} s (--request-timeout-s: the most a request waits in the "
+            "queue, or between two decode steps once it runs)")
 
 
 @contextlib.contextmanager
@@ -56,14 +56,13 @@ def _engine_errors(cfg: ServeConfig):
         raise APIError(429, f"the server is busy ({exc}); retry shortly", code=exc.code,
                        headers={"Retry-After": "1"}) from None
     except (asyncio.TimeoutError, TimeoutError):
-        raise APIError(504, f"no answer within {cfg.request_timeout_s:g} s (--request-timeout-s)",
-                       type="timeout_error", code="timeout") from None
+        raise APIError(504, timeout_message(cfg), type="timeout_error", code="timeout") from None
     except GrammarError as exc:
         param = "response_format.json_schema.schema"
-        raise APIError(400, f"{param}: {_first_line(exc) or 'the schema cannot be compiled'}",
+        raise APIError(400, f"{param}: {first_line(exc) or 'the schema cannot be compiled'}",
                        param=param, code="invalid_schema") from None
     except ValueError as exc:  # the decoder's own request checks
-        raise APIError(400, _first_line(exc) or "invalid request", code="invalid_value") from None
+        raise APIError(400, first_line(exc) or "invalid request", code="invalid_value") from None
 
 
 async def generate(cfg: ServeConfig, metrics: Metrics, s: Served, prompt_ids: list[int], schema: dict | None,
@@ -71,7 +70,7 @@ async def generate(cfg: ServeConfig, metrics: Metrics, s: Served, prompt_ids: li
     """Decode one request on the task's engine; every failure is an APIError (400, 429, 504)."""
     req = decode_request(s, prompt_ids, schema, opts, param)
     with _engine_errors(cfg):
-        result = await asyncio.wait_for(s.engine.submit(req), timeout=cfg.request_timeout_s)
+        result = await s.engine.submit(req, idle_timeout_s=cfg.request_timeout_s)
     metrics.add_result(s.task.name, result.prompt_tokens, result.completion_tokens, result.finish_reason)
     return result
 
@@ -115,7 +114,8 @@ def requested_schema(s: Served, fmt: ResponseFormat | None) -> tuple[dict | None
     if spec is None or spec.schema_ is None:
         raise APIError(400, f"{param}: required when type is json_schema", param=param, code="invalid_schema")
     try:
-        schema, relaxed = prepare_schema(spec.schema_, strict=spec.strict is not False)
+        schema, relaxed = prepare_schema(spec.schema_, strict=spec.strict is not False,
+                                         engine=s.decoder.grammars.name)
     except SchemaRefused as exc:
         raise APIError(400, f"{param}: {exc}", param=param, code="invalid_schema") from None
     except RecursionError:
@@ -124,29 +124,21 @@ def requested_schema(s: Served, fmt: ResponseFormat | None) -> tuple[dict | None
 
 
 def chat_prompt_ids(s: Served, messages: list[ChatMessage]) -> list[int]:
-    """Prompt ids for chat messages, through the same chat template and tokenization as the contract.
+    """Prompt ids for chat messages, through the contract's chat template (`TaskModel.prompt_ids`).
 
     Without a system (or developer) message, or with one that repeats the task's instructions or student prompt,
     the model's own system prompt (from its contract) is used; another system message replaces it. A lone user
     message then gives exactly `contract.encode_prompt` (byte-identical to training).
     """
-
     system = [m.text() for m in messages if m.role in ("system", "developer")]
-    turns = [m for m in messages if m.role not in ("system", "developer")]
-    if not any(m.role == "user" for m in turns):
+    turns = [{"role": m.role, "content": m.text()} for m in messages if m.role not in ("system", "developer")]
+    if not any(t["role"] == "user" for t in turns):
         raise APIError(400, "messages: needs at least one user message", param="messages", code="invalid_value")
     for i, m in enumerate(messages):
         if m.role == "user" and not m.text().strip():
             raise APIError(400, f"messages[{i}].content: a user message must not be empty",
                            param=f"messages[{i}].content", code="invalid_value")
-    given = "\n\n".join(system).strip()
-    own = system_prompt(s.task, s.contract)
-    instructions = own if not given or given in (s.task.instructions.strip(), student_prompt(s.task)) else given
-    if len(turns) == 1:
-        return encode_prompt(s.tokenizer, instructions, turns[0].text())
-    convo = [{"role": "system", "content": instructions}] + [{"role": m.role, "content": m.text()} for m in turns]
-    text = s.tokenizer.apply_chat_template(convo, tokenize=False, add_generation_prompt=True)
-    return s.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return s.model.prompt_ids(turns, system="\n\n".join(system))
 
 
 def task_output(s: Served, result, max_tokens: int):
@@ -162,9 +154,8 @@ def task_output(s: Served, result, max_tokens: int):
 
 
 def confidence(s: Served, result) -> dict[str, float]:
-    """Per top-level field: the probability the model gave that field's value (see predictor.field_confidence)."""
-
-    return {k: round(v, 6) for k, v in field_confidence(s.tokenizer, result, s.decoder.stop_ids).items()}
+    """Per top-level field: the probability the model gave that field's value (`TaskModel.confidence`)."""
+    return {k: round(v, 6) for k, v in s.model.confidence(result).items()}
 
 
 def logprobs(s: Served, result) -> dict:
@@ -199,8 +190,6 @@ async def stream_chunks(cfg: ServeConfig, metrics: Metrics, s: Served, job, head
     def error(exc: APIError) -> str:
         return _event({"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}})
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + cfg.request_timeout_s
     stop_ids = set(s.decoder.stop_ids)
     ids: list[int] = []
     sent = ""
@@ -208,11 +197,11 @@ async def stream_chunks(cfg: ServeConfig, metrics: Metrics, s: Served, job, head
         yield chunk({"role": "assistant", "content": ""})
         while True:
             try:
-                new = await asyncio.wait_for(job.deltas.get(), timeout=max(deadline - loop.time(), 0))
+                # every decode step of this request sends a delta: a gap this long is a request without progress
+                new = await asyncio.wait_for(job.deltas.get(), timeout=cfg.request_timeout_s)
             except (asyncio.TimeoutError, TimeoutError):
                 job.cancel()
-                yield error(APIError(504, f"no answer within {cfg.request_timeout_s:g} s (--request-timeout-s)",
-                                     type="timeout_error", code="timeout"))
+                yield error(APIError(504, timeout_message(cfg), type="timeout_error", code="timeout"))
                 yield "data: [DONE]\n\n"
                 return
             if new is None:
@@ -227,7 +216,7 @@ async def stream_chunks(cfg: ServeConfig, metrics: Metrics, s: Served, job, head
         try:
             result = job.future.result()
         except Exception as exc:  # noqa: BLE001 - the engine's decode failure
-            yield error(APIError(500, f"decoding failed: {_first_line(exc) or type(exc).__name__}",
+            yield error(APIError(500, f"decoding failed: {first_line(exc) or type(exc).__name__}",
                                  type="server_error", code="decode_failed"))
             yield "data: [DONE]\n\n"
             return

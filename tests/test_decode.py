@@ -27,7 +27,7 @@ def tiny(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def decoder(tiny):
-    from schemabuild.decode import Decoder
+    from schemabuild.inference.decoder import Decoder
 
     model, tok, contract = tiny
     return Decoder(model, tok, contract["stop_ids"])
@@ -44,14 +44,13 @@ TEXTS = ["billy play some Daft Punk", "what's the weather in Paris tomorrow", "g
 # ---- grammar cache ---------------------------------------------------------------------------------
 
 def test_grammar_compiled_once_per_schema(decoder, tool_picker):
-    from schemabuild.decode import compile_grammar
-
+    grammars = decoder.grammars
     schema = grammar_schema(tool_picker.output)
-    first = compile_grammar(decoder.tokenizer_info, schema)
-    assert compile_grammar(decoder.tokenizer_info, json.loads(json.dumps(schema))) is first
-    other = compile_grammar(decoder.tokenizer_info, {"type": "object", "properties": {"a": {"type": "integer"}}})
+    first = grammars.compile(schema)
+    assert grammars.compile(json.loads(json.dumps(schema))) is first
+    other = grammars.compile({"type": "object", "properties": {"a": {"type": "integer"}}})
     assert other is not first
-    assert compile_grammar(decoder.tokenizer_info, None) is compile_grammar(decoder.tokenizer_info, None)
+    assert grammars.compile(None) is grammars.compile(None)
 
 
 @pytest.mark.parametrize("schema, words", [
@@ -61,7 +60,7 @@ def test_grammar_compiled_once_per_schema(decoder, tool_picker):
     (["not", "an", "object"], "list"),
 ])
 def test_bad_schema_is_a_grammar_error(decoder, schema, words):
-    from schemabuild.decode import GrammarError
+    from schemabuild.errors import GrammarError
 
     with pytest.raises(GrammarError, match=words) as info:
         decoder.compile(schema)
@@ -72,7 +71,7 @@ def test_bad_schema_is_a_grammar_error(decoder, schema, words):
 
 def test_batch_equals_one_by_one(decoder, tiny, tool_picker):
     """Left-padded batching with ragged prompts and per-request budgets gives each request its solo output."""
-    from schemabuild.decode import Request
+    from schemabuild.inference.request import Request
 
     _, tok, _ = tiny
     schema = grammar_schema(tool_picker.output)
@@ -97,7 +96,7 @@ def test_unconstrained_greedy_matches_hf_generate(decoder, tiny, tool_picker):
     """The owned KV-cache loop (batched, left-padded) computes what transformers' generate computes."""
     import torch
 
-    from schemabuild.decode import Request
+    from schemabuild.inference.request import Request
 
     model, tok, contract = tiny
     ps = prompts(tok, tool_picker, TEXTS[:3])
@@ -111,7 +110,7 @@ def test_unconstrained_greedy_matches_hf_generate(decoder, tiny, tool_picker):
 
 def test_jump_forward_feeds_forced_text_in_one_pass(tiny, tool_picker):
     """The opening `{"tool":"` is forced by the grammar: fewer forward passes than output tokens."""
-    from schemabuild.decode import Decoder, Request
+    from schemabuild.inference.decoder import Decoder, Request
 
     model, tok, contract = tiny
     schema = grammar_schema(tool_picker.output)
@@ -125,7 +124,7 @@ def test_jump_forward_feeds_forced_text_in_one_pass(tiny, tool_picker):
 
 
 def test_sampling_is_seeded_and_top_p_tiny_is_greedy(decoder, tiny, tool_picker):
-    from schemabuild.decode import Request
+    from schemabuild.inference.request import Request
 
     _, tok, _ = tiny
     schema = grammar_schema(tool_picker.output)
@@ -141,7 +140,7 @@ def test_sampling_is_seeded_and_top_p_tiny_is_greedy(decoder, tiny, tool_picker)
 
 
 def test_json_object_mode_and_unconstrained(decoder, tiny, tool_picker):
-    from schemabuild.decode import Request
+    from schemabuild.inference.request import Request
 
     _, tok, _ = tiny
     [p] = prompts(tok, tool_picker, TEXTS[2:3])
@@ -160,7 +159,7 @@ def test_json_object_mode_and_unconstrained(decoder, tiny, tool_picker):
 
 
 def test_bad_requests_are_value_errors(decoder, tiny, tool_picker):
-    from schemabuild.decode import Request
+    from schemabuild.inference.request import Request
 
     _, tok, _ = tiny
     [p] = prompts(tok, tool_picker, TEXTS[:1])
@@ -221,7 +220,7 @@ SCHEMAS = st.recursive(
 
 
 def test_completed_outputs_validate(random_models):
-    from schemabuild.decode import Decoder, Request
+    from schemabuild.inference.decoder import Decoder, Request
 
     tok, models, stop_ids = random_models
     decoders = [Decoder(m, tok, stop_ids) for m in models]
@@ -252,7 +251,7 @@ def test_completed_outputs_validate(random_models):
 def test_jump_forward_equals_plain_greedy_on_gold_set(trained_run, tool_picker):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from schemabuild.decode import Decoder, Request
+    from schemabuild.inference.decoder import Decoder, Request
     from schemabuild.task import load_jsonl_examples
     from tests.conftest import EVALS
 
@@ -274,7 +273,8 @@ def test_jump_forward_equals_plain_greedy_on_gold_set(trained_run, tool_picker):
 # ---- the Engine ------------------------------------------------------------------------------------
 
 def test_engine_batches_concurrent_requests(decoder, tiny, tool_picker):
-    from schemabuild.decode import GrammarError, Request
+    from schemabuild.errors import GrammarError
+    from schemabuild.inference.request import Request
     from schemabuild.serve.engine import Engine
 
     _, tok, _ = tiny
@@ -310,7 +310,8 @@ def test_engine_batches_concurrent_requests(decoder, tiny, tool_picker):
 def test_rows_joining_a_running_batch_decode_exactly_as_alone(decoder, tiny, tool_picker):
     """Continuous batching: rows join a running batch at later steps and leave when done; every output is
     byte-identical to the request decoded alone (greedy), and the cache drops the columns no row uses."""
-    from schemabuild.decode import Batch, Request
+    from schemabuild.inference.kv import Batch
+    from schemabuild.inference.request import Request
 
     _, tok, _ = tiny
     schema = grammar_schema(tool_picker.output)
@@ -338,7 +339,7 @@ def test_rows_joining_a_running_batch_decode_exactly_as_alone(decoder, tiny, too
 
 
 def test_engine_lets_a_late_short_request_finish_before_an_early_long_one(decoder, tiny, tool_picker):
-    from schemabuild.decode import Request
+    from schemabuild.inference.request import Request
     from schemabuild.serve.engine import Engine
 
     _, tok, _ = tiny
@@ -371,7 +372,7 @@ def test_engine_lets_a_late_short_request_finish_before_an_early_long_one(decode
 
 
 def test_engine_cancelled_request_leaves_the_batch_and_frees_its_tokens(decoder, tiny, tool_picker):
-    from schemabuild.decode import Request
+    from schemabuild.inference.request import Request
     from schemabuild.serve.engine import Engine
 
     _, tok, _ = tiny
@@ -398,7 +399,7 @@ def test_engine_cancelled_request_leaves_the_batch_and_frees_its_tokens(decoder,
 def test_engine_caps_tokens_in_flight(decoder, tiny, tool_picker):
     import threading
 
-    from schemabuild.decode import Request
+    from schemabuild.inference.request import Request
     from schemabuild.serve.engine import Engine, QueueFull
 
     _, tok, _ = tiny
@@ -431,7 +432,7 @@ def test_engine_caps_tokens_in_flight(decoder, tiny, tool_picker):
 def test_engine_queue_full(decoder, tiny, tool_picker):
     import threading
 
-    from schemabuild.decode import Request
+    from schemabuild.inference.request import Request
     from schemabuild.serve.engine import Engine, QueueFull
 
     _, tok, _ = tiny

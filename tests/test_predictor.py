@@ -53,8 +53,8 @@ def test_properties_and_generate_raw(predictor, tool_picker):
 
 
 def test_value_spans_and_confidence_product():
-    from schemabuild.decode import Result
-    from schemabuild.predictor import field_confidence, value_spans
+    from schemabuild.inference.request import Result
+    from schemabuild.inference.task_model import field_confidence, value_spans
 
     text = '{"tool":"web.search","query":"a \\"b\\" c","n":[1,{"x":null}]}'
     spans = value_spans(text)
@@ -147,7 +147,7 @@ def adapters(tiny_model_dir, tool_picker, tmp_path_factory):
 def test_adapter_model_and_per_request_adapters(adapters, tiny_model_dir, tool_picker, predictor):
     from peft import PeftModel
 
-    from schemabuild.decode import Decoder
+    from schemabuild.inference.decoder import Decoder
     from schemabuild.predictor import Predictor
 
     from schemabuild.models import load_causal_lm as _load_causal_lm

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from schemabuild.batch import Batch
+from schemabuild.inference.kv import Batch
 from schemabuild.contract import encode_prompt, grammar_schema, load_contract, prompt_prefix, shared_prefix_len, \
     student_prompt
 
@@ -33,7 +33,7 @@ def tiny(tiny_model_dir):
 
 def requests(tok, instructions, texts, schema, **kw):
     """Requests carrying their shared prefix length, as the Predictor and the server build them."""
-    from schemabuild.decode import Request
+    from schemabuild.inference.request import Request
 
     prefix = prompt_prefix(tok, instructions)
     out = []
@@ -86,7 +86,7 @@ def test_prompt_prefix_is_what_every_prompt_starts_with(tiny, tool_picker):
 def test_reuse_is_byte_identical_alone_and_in_batches(tiny, tool_picker):
     """Two prefixes of different lengths, a row without a prefix, ragged suffixes in one left-padded batch: token ids
     equal the full-prefill decoder's, alone and batched."""
-    from schemabuild.decode import Decoder, Request
+    from schemabuild.inference.decoder import Decoder, Request
 
     model, tok, contract = tiny
     schema = grammar_schema(tool_picker.output)
@@ -119,7 +119,7 @@ def test_reuse_is_byte_identical_alone_and_in_batches(tiny, tool_picker):
 
 
 def test_rows_joining_a_running_batch_with_reuse_decode_as_without(tiny, tool_picker):
-    from schemabuild.decode import Decoder
+    from schemabuild.inference.decoder import Decoder
 
     model, tok, contract = tiny
     schema = grammar_schema(tool_picker.output)
@@ -133,7 +133,7 @@ def test_rows_joining_a_running_batch_with_reuse_decode_as_without(tiny, tool_pi
 
 
 def test_prefix_lru_is_bounded_and_switch_off_keeps_nothing(tiny, tool_picker):
-    from schemabuild.decode import Decoder
+    from schemabuild.inference.decoder import Decoder
 
     model, tok, contract = tiny
     schema = grammar_schema(tool_picker.output)
@@ -166,7 +166,7 @@ def two_adapters(tiny):
 
 
 def test_prefix_kv_is_kept_per_adapter(two_adapters, tool_picker):
-    from schemabuild.decode import Decoder
+    from schemabuild.inference.decoder import Decoder
 
     model, tok, contract = two_adapters
     schema = grammar_schema(tool_picker.output)
@@ -206,9 +206,9 @@ def test_server_reuses_the_task_prefix_and_answers_as_without(tmp_path):
             answers.append(got)
             [served] = srv.served
             kept.append([ids for _, ids in served.decoder.prefixes.keys()])
-            assert served.prefix and srv.cfg.prefix_cache == size
+            assert served.model.prefix and srv.cfg.prefix_cache == size
     assert answers[0] == answers[1]
-    assert kept[1] == [] and len(kept[0]) == 1 and list(kept[0][0]) == served.prefix
+    assert kept[1] == [] and len(kept[0]) == 1 and list(kept[0][0]) == served.model.prefix
 
 
 # ---- mixed-adapter steps ---------------------------------------------------------------------------
@@ -216,7 +216,7 @@ def test_server_reuses_the_task_prefix_and_answers_as_without(tmp_path):
 def test_rows_of_two_adapters_share_each_pass_and_answer_as_alone(two_adapters, tool_picker):
     """One batch, one forward pass per step for rows of both adapters (PEFT `adapter_names`), rows joining a running
     batch, prefix reuse on: token ids equal each request decoded alone with its adapter set (no reuse)."""
-    from schemabuild.decode import Decoder
+    from schemabuild.inference.decoder import Decoder
 
     model, tok, contract = two_adapters
     schema = grammar_schema(tool_picker.output)
@@ -246,7 +246,7 @@ def test_rows_of_two_adapters_share_each_pass_and_answer_as_alone(two_adapters, 
 def test_engine_serves_two_adapters_in_one_running_batch(two_adapters, tool_picker):
     import asyncio
 
-    from schemabuild.decode import Decoder
+    from schemabuild.inference.decoder import Decoder
     from schemabuild.serve.engine import Engine
 
     model, tok, contract = two_adapters

@@ -59,7 +59,43 @@ def test_harmless_quirks_are_normalized():
     beside, _ = prepare_schema({"type": "object", "properties": {"a": {"type": "integer"}},
                                 "anyOf": [{"required": ["a"]}]})
     assert beside == {"anyOf": [{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}]}
-    assert prepare_schema({"oneOf": [{"type": "integer"}, {"type": "string"}]})[1] == []  # disjoint: kept
+    # disjoint oneOf: exactly an anyOf (which both engines enforce; llguidance refuses a oneOf it cannot prove)
+    assert prepare_schema({"oneOf": [{"type": "integer"}, {"type": "string"}]}) == (
+        {"anyOf": [{"type": "integer"}, {"type": "string"}]}, [])
+
+
+@pytest.mark.parametrize("a, b", [
+    ({"title": "A", "description": "one"}, {"title": "B", "description": "two"}),
+    ({"x-intellij-html-description": "<b>a</b>", "examples": [1]}, {"x-intellij-html-description": "b", "examples": [2]}),
+    ({"$comment": "a", "default": 1, "x-order": 1}, {"$comment": "b", "default": 2, "x-order": 2}),
+])
+def test_annotations_never_block_an_allof_merge(a, b):
+    out, relaxed = prepare_schema({"allOf": [{"type": "object", "properties": {"p": {"type": "integer"}}, **a},
+                                             {"properties": {"q": {"type": "string"}}, **b}]})
+    assert set(out["properties"]) == {"p", "q"} and relaxed == []
+    assert {k: out[k] for k in a} == a  # the first member's annotations are kept
+
+
+def test_dependencies_become_an_anyof_with_the_same_meaning():
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"browser": {"type": "boolean"}, "node": {"type": "boolean"}},
+              "dependencies": {"browser": ["node"]}}
+    out, relaxed = prepare_schema(schema, engine="llguidance")
+    assert relaxed == [] and len(out["anyOf"]) == 2 and "dependencies" not in str(out)
+    for instance in ({}, {"node": True}, {"browser": True, "node": False}):
+        jsonschema.validate(instance, schema)
+        assert jsonschema.Draft7Validator(out).is_valid(instance), instance
+    assert not jsonschema.Draft7Validator(out).is_valid({"browser": True})
+    closed, _ = prepare_schema(schema)  # xgrammar: no `false` subschemas; its strict mode keeps absent keys out
+    assert [set(b["properties"]) for b in closed["anyOf"]] == [{"node"}, {"browser", "node"}]
+    required, _ = prepare_schema({**schema, "required": ["browser"]})  # always present: a single branch
+    assert "anyOf" not in required and set(required["required"]) == {"browser", "node"}
+
+
+def test_an_unknown_format_is_an_annotation():
+    assert prepare_schema({"type": "string", "format": "x-color"})[0] == {"type": "string"}
+    assert prepare_schema({"type": "string", "format": "date"})[0] == {"type": "string", "format": "date"}
 
 
 def test_not_strict_drops_and_reports_the_keywords():

@@ -78,7 +78,7 @@ def test_chat_completion_is_a_proper_chat_completion_object(server, quick):
 
 def test_chat_prompts_are_the_contract_prompts(server, quick):
     from schemabuild.contract import encode_prompt, system_prompt
-    from schemabuild.serve.protocol import ChatMessage
+    from schemabuild.serve.bodies import ChatMessage
     from schemabuild.serve.serving import chat_prompt_ids as _chat_prompt_ids
 
     [s] = server.served
@@ -272,6 +272,41 @@ def test_request_timeout_answers_504_and_does_not_wedge_the_batcher(quick):
                  {"model": "quick_pick", "messages": [{"role": "user", "content": "weather in Oslo"}]})
         assert r.status_code == 200
         quick.task.validate_output(r.json()["choices"][0]["message"]["content"])
+
+
+def test_a_long_answer_still_decoding_is_never_a_timeout(quick):
+    """--request-timeout-s bounds time without progress (queue wait, or the gap between two decode steps), not the
+    whole answer: with 0.1 s steps and a 0.5 s timeout, a 40-character string takes well over 0.5 s and is a 200,
+    streamed or not."""
+    import time
+
+    schema = {"type": "object", "properties": {"s": {"type": "string", "minLength": 40, "maxLength": 40}},
+              "required": ["s"], "additionalProperties": False}
+    body = {"model": "quick_pick", "messages": [{"role": "user", "content": "a long one"}], "max_tokens": 120,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "long", "schema": schema}}}
+    with running_server([quick.task], [quick.model_dir], request_timeout_s=0.5, compile_timeout_s=120) as srv:
+        decoder = srv.served[0].decoder
+        original, steps = decoder.step, []
+
+        def slow(batch, joining=()):
+            time.sleep(0.1)
+            steps.append(1)
+            return original(batch, joining)
+
+        decoder.step = slow
+        try:
+            t0 = time.monotonic()
+            r = post(srv.url, "/v1/chat/completions", body)
+            took = time.monotonic() - t0
+            assert r.status_code == 200, r.text
+            assert len(json.loads(r.json()["choices"][0]["message"]["content"])["s"]) == 40
+            assert took > 1.0 and len(steps) >= 10, (took, len(steps))
+            with httpx.stream("POST", srv.url + "/v1/chat/completions", json={**body, "stream": True},
+                              timeout=120) as resp:
+                lines = [ln for ln in resp.iter_lines() if ln.startswith("data: ")]
+            assert lines[-1] == "data: [DONE]" and '"finish_reason": "stop"' in lines[-2], lines[-3:]
+        finally:
+            decoder.step = original
 
 
 # ---- loading ---------------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def test_predict_gets_the_same_input_checks(srv):
 def test_max_tokens_above_the_context_is_capped_not_refused(srv):
     r = httpx.post(srv.url + CHAT, json=chat_body(max_tokens=900_000), timeout=120)
     assert r.status_code == 200, r.text
-    assert r.json()["usage"]["total_tokens"] <= srv.served[0].context
+    assert r.json()["usage"]["total_tokens"] <= srv.served[0].model.context
 
 
 def test_a_slow_compile_is_refused_at_the_time_limit_cached_and_never_holds_up_others(srv):
@@ -146,7 +146,7 @@ def test_a_slow_compile_is_refused_at_the_time_limit_cached_and_never_holds_up_o
 
 
 def test_a_schema_violation_is_never_a_200_and_is_counted():
-    from schemabuild.decode import Result
+    from schemabuild.inference.request import Result
     from schemabuild.serve.errors import APIError
     from schemabuild.serve.metrics import Metrics
     from schemabuild.serve.serving import check_output

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Literal
 
 from schemabuild.errors import ConfigError
+from schemabuild.inference.grammars import DEFAULT_BACKEND
 
 COMPARE_WITH = ("base", "teacher")
 
@@ -32,6 +34,8 @@ class EvalConfig:
     """Score only the first N rows (a quick check)."""
     out: Path | None = None
     """Report folder [default: <run>/eval]."""
+    grammar_backend: Literal["xgrammar", "llguidance"] = DEFAULT_BACKEND
+    """Grammar engine for constrained decoding."""
     def __post_init__(self) -> None:
         self.compare = list(self.compare or [])
         self.min = list(self.min or [])

@@ -70,7 +70,7 @@ def _predict_base(task, run_dir: Path, texts: list[str], cfg: EvalConfig, quiet:
     if ref is None:
         return None, f"base comparison skipped: {run_dir} records no base model directory"
     try:
-        predictor = Predictor.from_base(task, ref)
+        predictor = Predictor.from_base(task, ref, grammar_backend=cfg.grammar_backend)
     except (OSError, ValueError, TaskError) as exc:
         return None, f"base comparison skipped: cannot load base {ref}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     return predictor.predict_many(texts, batch_size=cfg.batch_size, progress=not quiet), ref
@@ -106,7 +106,7 @@ def evaluate(task: Task, cfg: EvalConfig, runs_dir=None, quiet: bool = False) ->
     notes: list[str] = []
 
     # run
-    predictor = Predictor.from_run(task, run=str(run_dir), runs_dir=runs_dir)
+    predictor = Predictor.from_run(task, run=str(run_dir), runs_dir=runs_dir, grammar_backend=cfg.grammar_backend)
     preds = predictor.predict_many(texts, batch_size=cfg.batch_size, progress=not quiet)
     models = {PRIMARY: score(task, examples, preds, PRIMARY, str(Run(run_dir).model))}
     for other in cfg.compare:

@@ -5,8 +5,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from schemabuild.decode import MIN_TEMPERATURE
-from schemabuild.serve.errors import APIError, _first_line, _param, _validation_error
+from schemabuild.inference.request import MIN_TEMPERATURE
+from schemabuild.serve.errors import APIError, first_line, param_name, validation_error
 
 MAX_INT = 2**31 - 1
 MIN_TOP_P = 1e-6
@@ -93,7 +93,7 @@ class PredictRequest(Sampling):
     input: str = Field(min_length=1)
 
 
-def _parse_body(raw: bytes, model: type[BaseModel]):
+def parse_body(raw: bytes, model: type[BaseModel]):
     """The JSON body validated against `model`; every failure is a 400 APIError naming the field."""
     if not raw.strip():
         raise APIError(400, "the request body is empty; send a JSON object", code="invalid_json")
@@ -107,18 +107,18 @@ def _parse_body(raw: bytes, model: type[BaseModel]):
     except RecursionError:
         raise APIError(400, "malformed JSON body: nested too deeply", code="invalid_json") from None
     except ValueError as exc:  # a number past Python's digit limit, NaN/Infinity
-        raise APIError(400, f"malformed JSON body: {_first_line(exc)[:120]}", code="invalid_json") from None
+        raise APIError(400, f"malformed JSON body: {first_line(exc)[:120]}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, f"the request body must be a JSON object, not {type(data).__name__}", code="invalid_json")
     bad = _bad_unicode(data)
     if bad is not None:
-        param = _param(bad)
+        param = param_name(bad)
         raise APIError(400, f"{param or 'body'}: not valid Unicode (a lone surrogate)", param=param,
                        code="invalid_value")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise _validation_error(exc) from None
+        raise validation_error(exc) from None
     except RecursionError:
         raise APIError(400, "the request body is nested too deeply", code="invalid_value") from None
 

@@ -7,40 +7,58 @@ from pathlib import Path
 from typing import Any
 
 from schemabuild.config import ConfigError
-from schemabuild.serve.config import ServeConfig
-from schemabuild.runs import resolve_run
-from schemabuild.decode import Decoder
+from schemabuild.inference.decoder import Decoder
+from schemabuild.inference.task_model import TaskModel
 from schemabuild.models import adapter_base, is_adapter, load_adapters, load_checked, resolve_device
 from schemabuild.predictor import Predictor
-from schemabuild.contract import grammar_schema, prompt_prefix, system_prompt
+from schemabuild.runs import resolve_run
+from schemabuild.serve.config import ServeConfig
 
 
 @dataclasses.dataclass
 class Served:
-    """One task the server answers to: its tokenizer, the engine that decodes for it, and its adapter."""
+    """One task the server answers to: its task model (prompts, grammar, predictions) and the engine it runs on."""
 
-    task: Any
-    """The schemabuild Task."""
-    tokenizer: Any
-    decoder: Any
-    """The decoder this task's requests run on (shared by the adapters of one base model)."""
-    adapter: str | None = None
-    """The PEFT adapter name chosen per request; None for a full-weight model."""
-    contract: dict = dataclasses.field(default_factory=dict)
-    predictor: Any = None
-    """A schemabuild Predictor for this task, used to turn results into predictions (confidence)."""
+    model: TaskModel
     engine: Any = None
     """The batching Engine (set by create_app; one per decoder)."""
-    schema: dict = dataclasses.field(default_factory=dict)
-    """The task's grammar schema (contract.grammar_schema(task.output))."""
-    context: int | None = None
-    """The model's context length in tokens, when known."""
-    prefix: list[int] = dataclasses.field(default_factory=list)
-    """Token ids every prompt of this task starts with (`contract.prompt_prefix`): their KV is reused."""
+
+    @property
+    def task(self):
+        return self.model.task
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    @property
+    def decoder(self) -> Decoder:
+        """The decoder this task's requests run on (shared by the adapters of one base model)."""
+        return self.model.decoder
+
+    @property
+    def adapter(self) -> str | None:
+        """The PEFT adapter name chosen per request; None for a full-weight model."""
+        return self.model.adapter
+
+    @property
+    def contract(self) -> dict:
+        return self.model.contract
+
+    @property
+    def schema(self) -> dict:
+        """The task's grammar schema (contract.grammar_schema(task.output)), compiled at load."""
+        return self.model.schema
+
+
+def as_served(item) -> Served:
+    """A Served from a Served, a TaskModel or a schemabuild Predictor."""
+    if isinstance(item, Served):
+        return item
+    return Served(item if isinstance(item, TaskModel) else item.task_model)
 
 
 def _model_dir_for(task, cfg: ServeConfig, runs_dir) -> Path:
-
     run = resolve_run(task.name, cfg.run, runs_dir, need="model")
     return run / "model"
 
@@ -52,7 +70,6 @@ def load_models(tasks: list, cfg: ServeConfig, runs_dir=None, model_dirs: list |
     tokenizer) are loaded onto one copy of it as named adapters; an adapter alone on its base is merged into it
     (no LoRA matmuls per step); full-weight models load on their own.
     """
-
     names = [t.name for t in tasks]
     if cfg.run and len(tasks) > 1 and model_dirs is None:
         raise ConfigError("--run: only valid when serving one task (each task serves its latest run)")
@@ -76,36 +93,15 @@ def load_models(tasks: list, cfg: ServeConfig, runs_dir=None, model_dirs: list |
         full.append((task, model_dir))
     served: dict[str, Served] = {}
     for task, model_dir in full:
-        served[task.name] = _as_served(Predictor.from_model_dir(task, model_dir, device=device,
-                                                                prefix_cache=cfg.prefix_cache))
+        served[task.name] = as_served(Predictor.from_model_dir(task, model_dir, device=device,
+                                                               prefix_cache=cfg.prefix_cache,
+                                                               grammar_backend=cfg.grammar_backend))
     for (base, *_), members in adapters.items():
         model = load_adapters(base, [(t.name, d) for t, d, *_ in members], device)
         tokenizer, contract = members[0][2], members[0][3]
         decoder = Decoder(model, tokenizer, stop_ids=list(contract["stop_ids"]), device=device,
-                          prefix_cache=cfg.prefix_cache, mixed_adapters=cfg.mixed_adapters)
+                          prefix_cache=cfg.prefix_cache, mixed_adapters=cfg.mixed_adapters,
+                          grammar_backend=cfg.grammar_backend)
         for task, model_dir, tok, contract in members:
-            s = _as_served(Served(task=task, tokenizer=tok, decoder=decoder, adapter=task.name, contract=contract))
-            decoder.compile(s.schema)  # pay the grammar compile at startup
-            served[task.name] = s
+            served[task.name] = Served(TaskModel(task, decoder, contract, adapter=task.name))
     return [served[n] for n in names]
-
-
-def _as_served(item) -> Served:
-    """A Served from a Served or a schemabuild Predictor."""
-
-    if not isinstance(item, Served):
-        item = Served(task=item.task, tokenizer=item.tokenizer, decoder=item.decoder, adapter=None,
-                      contract=dict(item.contract or {}), predictor=item)
-    if not item.schema:
-        item.schema = grammar_schema(item.task.output)
-    if item.context is None:
-        item.context = _context_length(item.decoder)
-    if not item.prefix:
-        item.prefix = prompt_prefix(item.tokenizer, system_prompt(item.task, item.contract))
-    return item
-
-
-def _context_length(decoder) -> int | None:
-    """The model's context window in tokens, when its config says."""
-    config = getattr(getattr(decoder, "model", None), "config", None)
-    return getattr(config, "max_position_embeddings", None)

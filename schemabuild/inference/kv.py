@@ -1,10 +1,11 @@
-"""A running batch for continuous batching: its live rows and their shared KV cache and attention mask; the KV of
-shared prompt prefixes, kept to start new rows from."""
+"""The KV side of continuous batching: a running batch (its live sequences and their shared KV cache and attention
+mask) and the KV of shared prompt prefixes, kept to start new sequences from."""
 
 from __future__ import annotations
 
-import collections
 from typing import Any
+
+from schemabuild.inference.lru import LRU
 
 
 class Batch:
@@ -81,32 +82,24 @@ class PrefixCache:
 
     def __init__(self, size: int = 8):
         self.size = size
-        self._entries: collections.OrderedDict = collections.OrderedDict()
+        self.entries = LRU(size)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.entries)
 
     def keys(self) -> list[tuple[str | None, tuple[int, ...]]]:
         """(adapter, prefix ids) of every entry, least recently used first."""
-        return list(self._entries)
+        return self.entries.keys()
 
     def get(self, adapter: str | None, ids: tuple[int, ...]):
         """The entry for (adapter, ids), now the most recently used; None when not kept."""
-        entry = self._entries.get((adapter, ids))
-        if entry is not None:
-            self._entries.move_to_end((adapter, ids))
-        return entry
+        return self.entries.get((adapter, ids))
 
     def put(self, adapter: str | None, ids: tuple[int, ...], layers: list) -> None:
-        if self.size < 1:
-            return
-        self._entries[(adapter, ids)] = layers
-        self._entries.move_to_end((adapter, ids))
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        self.entries.put((adapter, ids), layers)
 
     def clear(self) -> None:
-        self._entries.clear()
+        self.entries.clear()
 
 
 def start_from_prefixes(entries: list, device):
@@ -132,3 +125,58 @@ def start_from_prefixes(entries: list, device):
             values.append(v)
         layers.append((torch.cat(keys, dim=0), torch.cat(values, dim=0)))
     return DynamicCache(layers), mask
+
+
+def start_cache(model, seqs: list, prefixes: PrefixCache, adapter_names: list, mixed: bool, device):
+    """The (cache, attention mask) new sequences' prefill starts from: each one's shared prefix KV (computed on its
+    first use, then copied from `prefixes`), its tokens taken off the sequence's pending ones; empty without one.
+    `adapter_names[i]` is the adapter sequence i runs on (passed per row to the model when `mixed`)."""
+    import torch
+    from transformers import DynamicCache
+
+    entries = []
+    for seq, name in zip(seqs, adapter_names):
+        n = min(seq.req.prefix_len, len(seq.req.prompt_ids) - 1) if prefixes.size > 0 else 0
+        if n < 1:
+            entries.append(None)
+            continue
+        entries.append(prefix_kv(model, prefixes, name, tuple(seq.req.prompt_ids[:n]), mixed, device))
+        seq.pending = seq.pending[n:]
+        seq.n_seen = n
+    if all(e is None for e in entries):
+        return DynamicCache(), torch.zeros((len(seqs), 0), dtype=torch.long, device=device)
+    return start_from_prefixes(entries, device)
+
+
+def prefix_kv(model, prefixes: PrefixCache, adapter: str | None, ids: tuple[int, ...], mixed: bool, device) -> list:
+    """The KV of prompt prefix `ids` on `adapter` (the active one unless mixed): from the LRU, else one pass now."""
+    import torch
+    from transformers import DynamicCache
+
+    entry = prefixes.get(adapter, ids)
+    if entry is None:
+        out = model(input_ids=torch.tensor([ids], device=device), past_key_values=DynamicCache(),
+                    position_ids=torch.arange(len(ids), device=device)[None], use_cache=True,
+                    logits_to_keep=1, **({"adapter_names": [adapter]} if mixed else {}))
+        entry = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        prefixes.put(adapter, ids, entry)
+    return entry
+
+
+def pass_inputs(seqs: list, pad_id: int, mask, device):
+    """(input ids, position ids, grown attention mask) of one forward pass: every sequence's pending tokens,
+    right-aligned (left padding inside the step), at the positions that follow what it has already fed."""
+    import torch
+
+    width = max(len(seq.pending) for seq in seqs)
+    ids_l, mask_l, pos_l = [], [], []
+    for seq in seqs:
+        n, pad = len(seq.pending), width - len(seq.pending)
+        ids_l.append([pad_id] * pad + seq.pending)
+        mask_l.append([0] * pad + [1] * n)
+        pos_l.append([0] * pad + list(range(seq.n_seen, seq.n_seen + n)))
+        seq.n_seen += n
+        seq.pending = []
+        seq.passes += 1
+    mask = torch.cat([mask, torch.tensor(mask_l, device=device)], dim=1)
+    return torch.tensor(ids_l, device=device), torch.tensor(pos_l, device=device), mask

@@ -1,0 +1,222 @@
+"""Constrained decoding: our own KV-cached decode loop over a transformers model, with grammar masks,
+jump-forward and continuous batching (the server's scheduler, `schemabuild.serve.engine.Engine`, drives it).
+
+    decoder = Decoder(model, tokenizer, stop_ids=contract["stop_ids"])          # grammar_backend="llguidance"
+    [result] = decoder.generate([Request(prompt_ids, grammar_schema(task.output))])
+
+One batch = one left-padded KV cache (`kv.Batch`). Each forward pass feeds every live sequence its pending tokens
+(the prompt, then the token just chosen plus any jump-forward tokens), right-aligned with an attention mask and
+explicit position ids, so sequences of different lengths share the pass. Finished sequences leave the cache.
+A sequence may start from the cached KV of a prompt prefix many requests share (`kv.start_cache`).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from schemabuild.inference.grammars import DEFAULT_BACKEND, make_backend, printable_mask
+from schemabuild.inference.jump import JumpForward
+from schemabuild.inference.kv import Batch, PrefixCache, pass_inputs, start_cache
+from schemabuild.inference.request import Request, Result, Sequence, check_request
+from schemabuild.inference.sampling import choose, new_generator
+
+
+class Decoder:
+    """Batched, grammar-constrained decoding with a KV cache over a transformers causal LM."""
+
+    def __init__(self, model, tokenizer, stop_ids: list[int], device=None, jump_forward: bool = True,
+                 prefix_cache: int = 8, mixed_adapters: bool = False, grammar_backend: str = DEFAULT_BACKEND):
+        """`prefix_cache`: how many shared prompt prefixes (see Request.prefix_len) keep their KV; 0 = no reuse.
+        `mixed_adapters`: on a PEFT model with several LoRA adapters, sequences of every adapter share one batch and
+        each forward pass, each LoRA layer adding its row's own adapter (PEFT's `adapter_names`); off, one batch per
+        adapter (`set_adapter` before each). Off by default: on 2 CPU cores it measured no faster (BENCHMARKS.md).
+        `grammar_backend`: "xgrammar" or "llguidance" (`grammars.BACKENDS`)."""
+        import torch
+
+        if not stop_ids:
+            raise ValueError("stop_ids must name at least one token")
+        self.model, self.tokenizer = model, tokenizer
+        self.stop_ids = [int(i) for i in stop_ids]
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.jump_forward = jump_forward
+        self.vocab_size = int(model.config.vocab_size if hasattr(model, "config") else len(tokenizer))
+        self.grammars = make_backend(grammar_backend, tokenizer, self.vocab_size, self.stop_ids)
+        self.jumps = JumpForward(tokenizer, self.grammars, self.stop_ids)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.default_adapter = getattr(model, "active_adapter", None) if hasattr(model, "peft_config") else None
+        self.mixed = mixed_adapters and len(getattr(model, "peft_config", None) or {}) > 1
+        self.prefixes = PrefixCache(prefix_cache)
+        self._lock = threading.Lock()  # one step at a time per model (the Engine's thread and others)
+        self._bits = self._printable = None
+
+    # -- public --
+
+    def group_key(self, req: Request) -> str | None:
+        """Requests with the same key share a running batch: their adapter, or one batch in all when `mixed`."""
+        return None if self.mixed else req.adapter
+
+    def generate(self, requests: list[Request]) -> list[Result]:
+        """Decode `requests` together (one batch per group key), results in request order."""
+        for r in requests:
+            self.check(r)
+        results: list[Result | None] = [None] * len(requests)
+        groups: dict[str | None, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(self.group_key(r), []).append(i)
+        for key, idx in groups.items():
+            batch = Batch(key)
+            seqs, _ = self.step(batch, [requests[i] for i in idx])
+            while batch.rows:
+                self.step(batch)
+            for i, seq in zip(idx, seqs):
+                results[i] = self.result(seq)
+        return results  # type: ignore[return-value]
+
+    def step(self, batch: Batch, joining: list[Request] = ()) -> tuple[list[Sequence], list[Sequence]]:
+        """One step of a running batch: a decode pass for the sequences already in it, then the prefill of `joining`
+        in a pass of its own, merged into the batch's cache. Finished sequences leave the batch at once.
+
+        Returns (the sequences made for `joining`, in order; the sequences that finished in this step). Each keeps
+        its own grammar matcher, jump-forward and stop, so a sequence decodes exactly as it would alone.
+        """
+        import torch
+
+        new = [self.sequence(r) for r in joining]
+        live: list[Sequence] = []
+        with self._lock, torch.inference_mode():
+            if not self.mixed:
+                self._use_adapter(batch.adapter)
+            if batch.rows:
+                batch.cache, batch.mask = self._pass(batch.rows, batch.cache, batch.mask)
+            if new:
+                bitmask = self._bitmask(len(new))
+                if self.jump_forward:  # text forced before the first token (e.g. `{"tool":"`) joins the prefill
+                    for b, seq in enumerate(new):
+                        if seq.matcher is not None:
+                            self._jump(seq, bitmask, b)
+                live = [seq for seq in new if seq.finish is None]
+                if live:
+                    names = [self._adapter_name(s.req.adapter if self.mixed else batch.adapter) for s in live]
+                    cache, mask = start_cache(self.model, live, self.prefixes, names, self.mixed, self.device)
+                    batch.merge(live, *self._pass(live, cache, mask))
+            early = {id(seq) for seq in live}
+            finished = [seq for seq in batch.rows if seq.finish is not None]
+            finished += [seq for seq in new if seq.finish is not None and id(seq) not in early]
+            batch.keep([seq for seq in batch.rows if seq.finish is None])
+        return new, finished
+
+    def drop(self, batch: Batch, seqs: list[Sequence]) -> None:
+        """Take `seqs` out of `batch` now (their callers left); their KV memory is freed."""
+        with self._lock:
+            gone = {id(s) for s in seqs}
+            batch.keep([seq for seq in batch.rows if id(seq) not in gone])
+
+    def compile(self, schema: dict | None):
+        """Compile (or fetch from the backend's cache) the grammar for `schema`; GrammarError when it cannot."""
+        return self.grammars.compile(schema)
+
+    def check(self, r: Request) -> None:
+        """Raise ValueError (GrammarError for the schema) when `r` cannot be decoded; compiles unless r.grammar is set."""
+        check_request(r, self.vocab_size, set(getattr(self.model, "peft_config", {}) or {}))
+        if r.constrained and r.grammar is None:
+            self.compile(r.schema)
+
+    def sequence(self, r: Request) -> Sequence:
+        """A new sequence for `r` (its matcher, its generator), not yet in any batch."""
+        grammar = r.grammar if r.grammar is not None else (self.compile(r.schema) if r.constrained else None)
+        matcher = self.grammars.matcher(grammar) if r.constrained else None
+        return Sequence(req=r, matcher=matcher, generator=new_generator(r, self.device), pending=list(r.prompt_ids))
+
+    def result(self, seq: Sequence) -> Result:
+        """The Result of a finished sequence."""
+        content = [t for t in seq.ids if t not in self.stop_ids]
+        return Result(token_ids=seq.ids, text=self.tokenizer.decode(content, skip_special_tokens=False),
+                      finish_reason=seq.finish or "length", token_logprobs=seq.logprobs, forward_passes=seq.passes,
+                      prompt_tokens=len(seq.req.prompt_ids), completion_tokens=len(seq.ids))
+
+    # -- run --
+
+    def _adapter_name(self, adapter: str | None) -> str | None:
+        return adapter if adapter is not None else self.default_adapter
+
+    def _use_adapter(self, adapter: str | None) -> None:
+        name = self._adapter_name(adapter)
+        if name is not None and getattr(self.model, "active_adapter", None) != name:
+            self.model.set_adapter(name)
+
+    def _bitmask(self, n: int):
+        if self._bits is None or self._bits.shape[0] < n:
+            self._bits = self.grammars.allocate_mask(max(n, 8))
+        return self._bits
+
+    def _pass(self, live: list[Sequence], cache, mask):
+        """One forward pass over `live`, then each sequence chooses and takes its next token (under its grammar's
+        mask). Returns the grown (cache, attention mask)."""
+        import torch
+
+        ids, pos, mask = pass_inputs(live, self.pad_id, mask, self.device)
+        per_row = {"adapter_names": [self._adapter_name(s.req.adapter) for s in live]} if self.mixed else {}
+        out = self.model(  # without padding the model's own causal mask is enough (and cheaper to build)
+            input_ids=ids, attention_mask=None if bool(mask.all()) else mask, position_ids=pos,
+            past_key_values=cache, use_cache=True, logits_to_keep=1, **per_row,
+        )
+        logits = out.logits[:, -1, : self.vocab_size].float()
+        bitmask = self._bitmask(len(live))
+        constrained = [b for b, seq in enumerate(live) if seq.matcher is not None]
+        if constrained:
+            for b in constrained:
+                live[b].matcher.fill_mask(bitmask, b)
+            with_schema = [b for b in constrained if live[b].req.schema is not None]
+            if with_schema:
+                if self._printable is None:
+                    self._printable = printable_mask(self.grammars.token_bytes(), self.vocab_size, self.stop_ids)
+                bitmask[with_schema] &= self._printable
+            self.grammars.apply_mask(logits, bitmask, constrained)
+        chosen = choose(logits, live)
+        chosen_lp = (logits.gather(1, chosen[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)).tolist()
+        for b, (seq, tok, lp) in enumerate(zip(live, chosen.tolist(), chosen_lp)):
+            self._advance(seq, tok, lp, bitmask, b)
+        return out.past_key_values, mask
+
+    def _advance(self, seq: Sequence, tok: int, logprob: float, bitmask, b: int) -> None:
+        """Take the chosen token, then (jump-forward) any tokens the grammar forces after it."""
+        seq.ids.append(tok)
+        seq.logprobs.append(float(logprob))
+        if tok in self.stop_ids:
+            if seq.matcher is not None:
+                seq.matcher.accept(tok)
+            seq.finish = "stop"
+        elif seq.matcher is not None and not seq.matcher.accept(tok):
+            # Only possible when the mask had no allowed token left (a grammar this vocabulary cannot finish).
+            seq.ids.pop()
+            seq.logprobs.pop()
+            seq.finish = "length"
+        elif len(seq.ids) >= seq.req.max_tokens:
+            seq.finish = "length"
+        else:
+            seq.pending = [tok]
+            if self.jump_forward and seq.matcher is not None:
+                self._jump(seq, bitmask, b)
+
+    def _jump(self, seq: Sequence, bitmask, b: int) -> None:
+        """Append the tokens the grammar forces next to the output and to the next forward pass's input;
+        finish the sequence when the grammar then admits only a stop token."""
+        forced = self.jumps.forced_tokens(seq, bitmask, b)
+        room = seq.req.max_tokens - len(seq.ids)
+        if len(forced) > room:  # the budget ends inside the forced text
+            seq.ids.extend(forced[:room])
+            seq.logprobs.extend([0.0] * room)
+            seq.finish = "length"
+            return
+        seq.ids.extend(forced)
+        seq.logprobs.extend([0.0] * len(forced))
+        seq.pending.extend(forced)
+        if seq.matcher.only_stop_left(bitmask, b):
+            if len(seq.ids) < seq.req.max_tokens:
+                seq.ids.append(self.stop_ids[0])
+                seq.logprobs.append(0.0)
+                seq.finish = "stop"
+            else:
+                seq.finish = "length"
+        elif len(seq.ids) >= seq.req.max_tokens:
+            seq.finish = "length"
