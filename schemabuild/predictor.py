@@ -61,16 +61,18 @@ class Predictor:
     # -- setup --
 
     @classmethod
-    def from_model_dir(cls, task, model_dir, device=None, prefix_cache: int = 8) -> "Predictor":
-        """Load `model_dir` (full weights or a PEFT adapter) after checking its contract against `task`."""
+    def from_model_dir(cls, task, model_dir, device=None, prefix_cache: int = 8, precision=None) -> "Predictor":
+        """Load `model_dir` (full weights or a PEFT adapter) after checking its contract against `task`; `precision`
+        (fp32 / bf16 / int8 / auto, or a resolved precision.Precision) as in models.load_model."""
         device = resolve_device(device)
-        model, tokenizer, contract = load_model(task, model_dir, device)
+        model, tokenizer, contract = load_model(task, model_dir, device, precision=precision)
         return cls(task, model, tokenizer, contract, device=device, prefix_cache=prefix_cache)
 
     @classmethod
-    def from_run(cls, task, run=None, runs_dir=None, device=None) -> "Predictor":
+    def from_run(cls, task, run=None, runs_dir=None, device=None, precision=None) -> "Predictor":
         """The model of `run` (a path or run id; default: the task's latest run)."""
-        return cls.from_model_dir(task, resolve_run(task.name, run, runs_dir, need="model") / "model", device)
+        return cls.from_model_dir(task, resolve_run(task.name, run, runs_dir, need="model") / "model", device,
+                                  precision=precision)
 
     @classmethod
     def from_base(cls, task, base_dir_or_id, device=None) -> "Predictor":

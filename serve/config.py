@@ -4,6 +4,7 @@ import dataclasses
 import os
 
 from schemabuild.config import ConfigError
+from schemabuild.precision import PRECISIONS
 
 
 @dataclasses.dataclass
@@ -47,6 +48,9 @@ class ServeConfig:
     """Rotate the request log past this size: PATH becomes PATH.1 (then .2, ...; nothing is deleted)."""
     device: str | None = None
     """torch device [default: cuda when available, else cpu]."""
+    precision: str = "auto"
+    """Weights: fp32, bf16, int8 or auto (cuda: bf16; a CPU with avx512_bf16/amx_bf16: bf16; other CPUs: int8,
+    dynamic; announced in one line at start)."""
     compile_timeout_s: float = 10.0
     """Seconds a client schema's grammar may take to compile (400 invalid_schema after; the result is cached)."""
     compile_memory_mb: int = 2048
@@ -73,5 +77,7 @@ class ServeConfig:
             raise ConfigError("--request-timeout-s: must be positive")
         if self.prefix_cache < 0:
             raise ConfigError("--prefix-cache: must not be negative")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}")
         if self.batch_window_ms < 0:
             raise ConfigError("--batch-window-ms: must not be negative")

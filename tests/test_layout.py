@@ -5,7 +5,7 @@ Layers, top to bottom (DESIGN.md "Layers"); a module may import its own layer or
     entry    cli, client, __main__, serve/
     loops    pipeline, refine
     stages   synth/, train/, evaluate/     (stages do not import each other, except evaluate → synth for the teacher)
-    engine   models, bases (registry bases: fetch + convert), grammar, batch, decode, predictor
+    engine   models, bases (registry bases: fetch + convert), grammar, batch, decode, predictor, precision
     base     errors, task, config, contract, runs
 """
 
@@ -26,7 +26,7 @@ LAYERS = {
     "loops": ["schemabuild.pipeline", "schemabuild.refine"],
     "stages": ["schemabuild.synth", "schemabuild.train", "schemabuild.evaluate"],
     "engine": ["schemabuild.models", "schemabuild.bases", "schemabuild.grammar", "schemabuild.batch", "schemabuild.decode",
-               "schemabuild.predictor"],
+               "schemabuild.predictor", "schemabuild.precision"],
     "base": ["schemabuild.errors", "schemabuild.task", "schemabuild.config", "schemabuild.contract", "schemabuild.runs",
              "schemabuild"],  # the package itself: `from schemabuild import __version__`
 }
