@@ -147,3 +147,23 @@ def test_precision_flag_is_checked_where_it_is_given():
         ServeConfig(precision="int4")
     with pytest.raises(ConfigError, match="^--precision int4: expected one of"):
         EvalConfig(precision="int4")
+
+
+def test_served_models_take_the_precision_and_announce_it(tiny_model_dir, tool_picker, capsys):
+    from schemabuild.serve.config import ServeConfig
+    from schemabuild.serve.models import load_models
+
+    [served] = load_models([tool_picker], ServeConfig(precision="int8", device="cpu"), model_dirs=[tiny_model_dir])
+    assert capsys.readouterr().out.startswith("precision: int8 (dynamic, ")
+    assert weight_dtypes(served.decoder.model).get("qint8", 0) > 0
+    [served] = load_models([tool_picker], ServeConfig(precision="fp32", device="cpu"), model_dirs=[tiny_model_dir])
+    assert "qint8" not in weight_dtypes(served.decoder.model)
+
+
+def test_predict_cli_refuses_an_unknown_precision():
+    from click.testing import CliRunner
+
+    from schemabuild.cli import main
+
+    done = CliRunner().invoke(main, ["predict", "tool_picker", "hi", "--precision", "fp16"])
+    assert done.exit_code == 2 and "'fp16' is not one of 'auto', 'fp32', 'bf16', 'int8'" in done.output
