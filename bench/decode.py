@@ -6,7 +6,9 @@
 (a) constrained vs unconstrained greedy latency, over the inputs where both give the same output (goal ≤ 1.10)
 (b) our decoder vs `outlines.Generator` (transformers wrapper, built once per schema and warmed), one request
     at a time on the gold set (goal ≥ 3× faster); every installed outlines backend is timed, so the numbers also
-    say why we drive xgrammar ourselves
+    say why we drive xgrammar ourselves. Both get the SAME prompt: the model's contract prompt (the student system
+    line + the message, through the chat template), checked token for token before timing; ours is also timed
+    without prefix reuse, so the gap from reusing the system prompt's KV is shown apart from the rest
 (c) forward passes per output token with jump-forward (goal ≤ 0.5)
 """
 
@@ -32,6 +34,7 @@ def parse_args(argv=None):
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU (1 is fastest for tiny models)")
     ap.add_argument("--device", default=None, help="cpu / cuda [default: cuda when available]")
+    ap.add_argument("--precision", default="fp32", help="weights for every method alike: fp32, bf16, int8, auto")
     ap.add_argument("--backends", default="outlines_core,xgrammar,llguidance",
                     help="outlines backends to time (those not installed are skipped)")
     ap.add_argument("--batch-size", type=int, default=16, help="batch size for the batched-throughput line")
@@ -59,7 +62,7 @@ def load(args):
         print(f"no tool_picker run found: training a tiny one under {root} (minutes on CPU)")
         model_dir = train_task(task, PipelineConfig(base="tiny", eval=False), runs_dir=root) / "model"
     print(f"model: {model_dir}")
-    return task, Predictor.from_model_dir(task, model_dir, device=args.device), gold
+    return task, Predictor.from_model_dir(task, model_dir, device=args.device, precision=args.precision), gold
 
 
 def timed(fn):
@@ -72,7 +75,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     import torch
 
-    from schemabuild.contract import messages
+    from schemabuild.contract import encode_prompt, messages, system_prompt
     from schemabuild.inference.decoder import Decoder
 
     torch.set_num_threads(args.threads)
@@ -84,6 +87,7 @@ def main(argv=None) -> None:
     device = pred.decoder.device
     plain = Decoder(model, tok, stop_ids, device=device, jump_forward=False)
     jump = pred.decoder
+    no_reuse = Decoder(model, tok, stop_ids, device=device, prefix_cache=0)
     print(f"device {device}, torch threads {torch.get_num_threads()}, {len(texts)} gold inputs, "
           f"max_tokens {args.max_tokens}\n")
 
@@ -104,9 +108,19 @@ def main(argv=None) -> None:
         "unconstrained": lambda i: plain.generate([free_reqs[i]])[0],
         "constrained": lambda i: plain.generate([con_reqs[i]])[0],
         "constrained + jump-forward": lambda i: jump.generate([con_reqs[i]])[0],
+        "jump-forward, no prefix reuse": lambda i: no_reuse.generate([con_reqs[i]])[0],
     }
     builds = {}
     omodel = outlines.from_transformers(model, tok)
+    # outlines gets exactly our prompt: the contract's system prompt (the student line for a tuned model), the same
+    # chat template; checked token for token through outlines' own formatting and encoding, so the comparison is of
+    # decoders, not of prompt lengths.
+    system = system_prompt(task, pred.contract)
+    for i, t in enumerate(texts):
+        theirs, _ = omodel.tokenizer.encode(omodel.type_adapter.format_input(Chat(messages(system, t))))
+        if theirs[0].tolist() != encode_prompt(tok, system, t) or theirs[0].tolist() != con_reqs[i].prompt_ids:
+            raise SystemExit(f"input {i}: the outlines prompt differs from ours; the comparison would not be fair")
+    print(f"prompt: the contract's system prompt for both ({len(con_reqs[0].prompt_ids)} tokens on input 0)\n")
     kw = dict(max_new_tokens=args.max_tokens, do_sample=False, eos_token_id=stop_ids, pad_token_id=tok.pad_token_id)
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         # outlines_core takes a whitespace rule (none, as trained); the others only their default JSON rules.
@@ -117,7 +131,7 @@ def main(argv=None) -> None:
             print(f"outlines[{backend}]: skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})")
             continue
         methods[f"outlines.Generator[{backend}]"] = (
-            lambda i, gen=gen: gen(Chat(messages(task.instructions, texts[i])), **kw))
+            lambda i, gen=gen: gen(Chat(messages(system, texts[i])), **kw))
 
     for fn in methods.values():  # warm-up: grammar compile, first-call allocations
         fn(0)
@@ -171,13 +185,14 @@ def main(argv=None) -> None:
     print("(b) ours (constrained + jump-forward) vs outlines.Generator, one request at a time, greedy")
     print(f"    {'decoder':34s}{'build s':>9s}{'total s':>9s}{'ms/token':>10s}{'same text':>11s}{'ours faster':>13s}")
     headline = None
-    for m in [ours, "constrained"] + [m for m in methods if m.startswith("outlines")]:
+    for m in [ours, "jump-forward, no prefix reuse", "constrained"] + [m for m in methods if m.startswith("outlines")]:
         backend = m[m.find("[") + 1:-1] if m.startswith("outlines") else None
         agree = sum(text(m, i) == jf[i].text for i in range(len(texts)))
         speed = sum(secs[m]) / sum(secs[ours])
         if backend == "outlines_core" or (backend and headline is None):
             headline = speed
-        label = {"constrained": "ours, no jump-forward", ours: "ours (jump-forward)"}.get(m, m)
+        label = {"constrained": "ours, no jump-forward", ours: "ours (jump-forward)",
+                 "jump-forward, no prefix reuse": "ours, no prefix reuse"}.get(m, m)
         print(f"    {label:34s}{builds.get(backend, 0.0):9.3f}{sum(secs[m]):9.3f}{1000 * sum(secs[m]) / n_tokens(m):10.2f}"
               f"{agree:>8d}/{len(texts):<2d}{speed:12.2f}x")
     if headline is not None:

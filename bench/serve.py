@@ -54,13 +54,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run: Path, port: int, max_batch: int, window_ms: float, max_queue: int = 1024) -> subprocess.Popen:
+def start_server(run: Path, port: int, max_batch: int, window_ms: float, max_queue: int = 1024,
+                 extra: list[str] | None = None) -> subprocess.Popen:
+    """`schemabuild serve` on 127.0.0.1:`port` as its own process (`extra`: more serve flags), once /healthz answers."""
     import httpx
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SCHEMABUILD_TASKS": str(ROOT / "tasks")}
     proc = subprocess.Popen([sys.executable, "-m", "schemabuild", "serve", "tool_picker", "--run", str(run),
                              "--runs-dir", str(run.parent.parent), "--port", str(port), "--max-batch", str(max_batch),
-                             "--max-queue", str(max_queue), "--batch-window-ms", str(window_ms)], env=env,
+                             "--max-queue", str(max_queue), "--batch-window-ms", str(window_ms), *(extra or [])], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

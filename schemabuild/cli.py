@@ -17,7 +17,8 @@ from schemabuild.errors import SchemabuildError
 from schemabuild.evaluate import EvalConfig, run_eval
 from schemabuild.inference.grammars import BACKENDS, DEFAULT_BACKEND
 from schemabuild.pipeline import PipelineConfig, train_task
-from schemabuild.predictor import Predictor
+from schemabuild.precision import PRECISIONS, choose_precision
+from schemabuild.predictor import Predictor, resolve_device
 from schemabuild.runs import resolve_run
 from schemabuild.synth import DATASET_FORMATS, SynthConfig, export_dataset, synthesize
 from schemabuild.task import TaskError, describe, list_tasks, load_task, tasks_dir as resolve_tasks_dir, write_template
@@ -227,11 +228,15 @@ def serve(ctx, tasks, tasks_dir, runs_dir, config_file, **options):
 @click.option("--max-tokens", default=256, show_default=True, help="Most output tokens.")
 @click.option("--grammar-backend", type=click.Choice(list(BACKENDS)), default=DEFAULT_BACKEND,
               show_default=True, help="Grammar engine for constrained decoding.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="Weights: fp32, bf16, int8 or auto (as `serve`; announced on stderr).")
 @user_errors
-def predict(task, text, tasks_dir, runs_dir, run, max_tokens, grammar_backend):
+def predict(task, text, tasks_dir, runs_dir, run, max_tokens, grammar_backend, precision):
     """Run TASK's model locally on TEXT (no server) and print the JSON output."""
     t = _load(task, tasks_dir)
-    predictor = Predictor.from_run(t, run=run, runs_dir=runs_dir, grammar_backend=grammar_backend)
+    choice = choose_precision(precision, resolve_device())
+    click.echo(choice.line, err=True)
+    predictor = Predictor.from_run(t, run=run, runs_dir=runs_dir, grammar_backend=grammar_backend, precision=choice)
     result = predictor.predict(text, max_tokens=max_tokens)
     if result.output is None:
         click.echo(result.text, err=True)

@@ -6,7 +6,8 @@
     model = load_adapters(base, [("task_a", dir_a), ("task_b", dir_b)], device)          # serve: one base copy
 
 Every folder's contract.json is checked against the task before any weights load; weights load from safetensors
-only and never run a model's own code. bf16 on GPU, fp32 on CPU.
+only and never run a model's own code. bf16 on GPU, fp32 on CPU, unless `precision` says otherwise (precision.py:
+fp32 / bf16 / int8 / auto, applied after any merge; None keeps the load dtype).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from schemabuild.bases import REGISTRY_BASES, base_info, registry_base
 from schemabuild.contract import build_contract, check_contract, load_contract
 from schemabuild.errors import ContractError, TaskError
+from schemabuild.precision import Precision, apply_precision, choose_precision
 
 
 def resolve_device(device=None) -> str:
@@ -86,11 +88,11 @@ def is_adapter(model_dir, contract: dict) -> bool:
     return bool(contract.get("adapter")) or (Path(model_dir) / "adapter_config.json").is_file()
 
 
-def load_model(task, model_dir, device=None, merge: bool = True):
+def load_model(task, model_dir, device=None, merge: bool = True, precision: str | Precision | None = None):
     """(model, tokenizer, contract) of a trained model folder, on `device`, in eval mode.
 
     An adapter loads onto its base and, with `merge` (the default: the serving form, and what `export --format
-    merged` writes), is folded into it.
+    merged` writes), is folded into it; then its weights take `precision` (None: as loaded).
     """
     model_dir = Path(model_dir)
     contract, tokenizer = load_checked(task, model_dir)
@@ -99,15 +101,23 @@ def load_model(task, model_dir, device=None, merge: bool = True):
         model = load_adapters(adapter_base(model_dir, contract), [(None, model_dir)], device)
     else:
         model = load_causal_lm(model_dir, device)
-    return inference_model(model, device) if merge else model.to(device).eval(), tokenizer, contract
+    model = inference_model(model, device) if merge else model.to(device).eval()
+    return with_precision(model, device, precision), tokenizer, contract
+
+
+def with_precision(model, device: str, precision: str | Precision | None):
+    """`model` in `precision` (a name is resolved for `device` first); None leaves it as loaded."""
+    if precision is None:
+        return model
+    choice = precision if isinstance(precision, Precision) else choose_precision(precision, device)
+    return apply_precision(model, choice).eval()
 
 
 def inference_model(model, device: str):
     """The model in its serving form: a lone PEFT adapter merged into its base, eval mode, on `device`.
 
-    Merged, a step runs the base's matmuls only (no extra LoRA pair per linear layer). Dynamic int8 quantization
-    of the linear layers was tried and dropped: it cut gold tool accuracy from 1.00 to 0.29-0.33 on the
-    LoRA-tuned SmolLM2-135M (per-tensor and per-channel alike; BENCHMARKS.md).
+    Merged, a step runs the base's matmuls only (no extra LoRA pair per linear layer); int8 (precision.py) is
+    applied after the merge, so the LoRA update is quantized with the weights it was folded into.
     """
     if hasattr(model, "merge_and_unload") and len(getattr(model, "peft_config", {}) or {}) == 1:
         model = model.merge_and_unload()
@@ -128,8 +138,9 @@ def load_base(task, base_dir_or_id, device=None):
     return load_causal_lm(base_dir_or_id, device).to(device).eval(), tokenizer, contract
 
 
-def load_adapters(base, adapters: list, device: str):
-    """One copy of `base` carrying each (name, adapter folder) as a named PEFT adapter (name None: the default)."""
+def load_adapters(base, adapters: list, device: str, precision: str | Precision | None = None):
+    """One copy of `base` carrying each (name, adapter folder) as a named PEFT adapter (name None: the default);
+    `precision` applies to the base's linears (int8 keeps the adapters' own matrices in fp32)."""
     from peft import PeftModel
 
     (name, first), rest = adapters[0], adapters[1:]
@@ -137,4 +148,4 @@ def load_adapters(base, adapters: list, device: str):
     model = PeftModel.from_pretrained(load_causal_lm(base, device), str(first), **kw)
     for other, folder in rest:
         model.load_adapter(str(folder), adapter_name=other)
-    return model.to(device).eval()
+    return with_precision(model.to(device).eval(), device, precision)

@@ -34,18 +34,20 @@ class Predictor:
 
     @classmethod
     def from_model_dir(cls, task, model_dir, device=None, prefix_cache: int = 8,
-                       grammar_backend: str = DEFAULT_BACKEND) -> "Predictor":
-        """Load `model_dir` (full weights or a PEFT adapter) after checking its contract against `task`."""
+                       grammar_backend: str = DEFAULT_BACKEND, precision=None) -> "Predictor":
+        """Load `model_dir` (full weights or a PEFT adapter) after checking its contract against `task`; `precision`
+        (fp32 / bf16 / int8 / auto, or a resolved precision.Precision) as in models.load_model."""
         device = resolve_device(device)
-        model, tokenizer, contract = load_model(task, model_dir, device)
+        model, tokenizer, contract = load_model(task, model_dir, device, precision=precision)
         return cls(task, model, tokenizer, contract, device=device, prefix_cache=prefix_cache,
                    grammar_backend=grammar_backend)
 
     @classmethod
-    def from_run(cls, task, run=None, runs_dir=None, device=None, grammar_backend: str = DEFAULT_BACKEND) -> "Predictor":
+    def from_run(cls, task, run=None, runs_dir=None, device=None, grammar_backend: str = DEFAULT_BACKEND,
+                 precision=None) -> "Predictor":
         """The model of `run` (a path or run id; default: the task's latest run)."""
         model_dir = resolve_run(task.name, run, runs_dir, need="model") / "model"
-        return cls.from_model_dir(task, model_dir, device, grammar_backend=grammar_backend)
+        return cls.from_model_dir(task, model_dir, device, grammar_backend=grammar_backend, precision=precision)
 
     @classmethod
     def from_base(cls, task, base_dir_or_id, device=None, grammar_backend: str = DEFAULT_BACKEND) -> "Predictor":

@@ -6,6 +6,7 @@ from typing import Literal
 
 from schemabuild.config import ConfigError
 from schemabuild.inference.grammars import DEFAULT_BACKEND
+from schemabuild.precision import PRECISIONS
 
 
 @dataclasses.dataclass
@@ -50,6 +51,9 @@ class ServeConfig:
     """Rotate the request log past this size: PATH becomes PATH.1 (then .2, ...; nothing is deleted)."""
     device: str | None = None
     """torch device [default: cuda when available, else cpu]."""
+    precision: str = "auto"
+    """Weights: fp32, bf16, int8 or auto (cuda: bf16; a CPU with avx512_bf16/amx_bf16: bf16; other CPUs: int8,
+    dynamic; announced in one line at start)."""
     compile_timeout_s: float = 10.0
     """Seconds a client schema's grammar may take to compile (400 invalid_schema after; the result is cached)."""
     compile_memory_mb: int = 2048
@@ -80,5 +84,7 @@ class ServeConfig:
             raise ConfigError("--prefix-cache: must not be negative")
         if self.grammar_backend not in ("xgrammar", "llguidance"):
             raise ConfigError(f"--grammar-backend {self.grammar_backend}: expected xgrammar or llguidance")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}")
         if self.batch_window_ms < 0:
             raise ConfigError("--batch-window-ms: must not be negative")

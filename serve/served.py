@@ -10,6 +10,7 @@ from schemabuild.config import ConfigError
 from schemabuild.inference.decoder import Decoder
 from schemabuild.inference.task_model import TaskModel
 from schemabuild.models import adapter_base, is_adapter, load_adapters, load_checked, resolve_device
+from schemabuild.precision import choose_precision
 from schemabuild.predictor import Predictor
 from schemabuild.runs import resolve_run
 from schemabuild.serve.config import ServeConfig
@@ -76,6 +77,7 @@ def load_models(tasks: list, cfg: ServeConfig, runs_dir=None, model_dirs: list |
     if len(set(names)) != len(names):
         raise ConfigError(f"TASKS: each task may be served once, got {names}")
     device = resolve_device(cfg.device)
+    precision = choose_precision(cfg.precision, device)  # refused (ConfigError) before any weights load
     dirs = [Path(d) for d in model_dirs] if model_dirs else [_model_dir_for(t, cfg, runs_dir) for t in tasks]
 
     full, adapters = [], defaultdict(list)  # adapters: (base, tokenizer identity) -> [(task, dir, tok, contract)]
@@ -91,13 +93,14 @@ def load_models(tasks: list, cfg: ServeConfig, runs_dir=None, model_dirs: list |
     for key in [k for k, members in adapters.items() if len(members) == 1]:  # alone on its base: served merged
         task, model_dir, *_ = adapters.pop(key)[0]
         full.append((task, model_dir))
+    print(precision.line, flush=True)
     served: dict[str, Served] = {}
     for task, model_dir in full:
         served[task.name] = as_served(Predictor.from_model_dir(task, model_dir, device=device,
                                                                prefix_cache=cfg.prefix_cache,
-                                                               grammar_backend=cfg.grammar_backend))
+                                                               grammar_backend=cfg.grammar_backend, precision=precision))
     for (base, *_), members in adapters.items():
-        model = load_adapters(base, [(t.name, d) for t, d, *_ in members], device)
+        model = load_adapters(base, [(t.name, d) for t, d, *_ in members], device, precision=precision)
         tokenizer, contract = members[0][2], members[0][3]
         decoder = Decoder(model, tokenizer, stop_ids=list(contract["stop_ids"]), device=device,
                           prefix_cache=cfg.prefix_cache, mixed_adapters=cfg.mixed_adapters,

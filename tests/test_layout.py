@@ -5,7 +5,7 @@ Layers, top to bottom (DESIGN.md "Layers"); a module may import its own layer or
     entry    cli, client, __main__, serve/
     loops    pipeline, refine
     stages   synth/, train/, evaluate/     (stages do not import each other, except evaluate → synth for the teacher)
-    engine   models, bases (registry bases: fetch + convert), inference/ (the decoding core), predictor
+    engine   models, bases (registry bases: fetch + convert), inference/ (the decoding core), predictor, precision
     base     errors, task, config, contract, runs
 """
 
@@ -25,7 +25,8 @@ LAYERS = {
               "schemabuild.serve"],
     "loops": ["schemabuild.pipeline", "schemabuild.refine"],
     "stages": ["schemabuild.synth", "schemabuild.train", "schemabuild.evaluate"],
-    "engine": ["schemabuild.models", "schemabuild.bases", "schemabuild.inference", "schemabuild.predictor"],
+    "engine": ["schemabuild.models", "schemabuild.bases", "schemabuild.inference", "schemabuild.predictor",
+               "schemabuild.precision"],
     "base": ["schemabuild.errors", "schemabuild.task", "schemabuild.config", "schemabuild.contract", "schemabuild.runs",
              "schemabuild"],  # the package itself: `from schemabuild import __version__`
 }

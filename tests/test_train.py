@@ -424,15 +424,6 @@ def test_cli_bad_base_exits_non_zero_with_one_line(tmp_path, base):
 # ---- GPU paths ---------------------------------------------------------------------------------------------
 
 @pytest.mark.gpu
-def test_gpu_lora_bf16_with_gradient_checkpointing(tool_picker, tiny_model_dir, tmp_path):
-    run_dir = write_offline_run(tool_picker, tmp_path / "runs", copies=1)
-    train_run(tool_picker, run_dir, TrainConfig(base=str(tiny_model_dir), **{**QUICK, "device": "cuda"}))
-    resolved = json.loads((run_dir / "train_config.json").read_text())
-    assert resolved["precision"] == "bf16" and resolved["gradient_checkpointing"] is True
-    assert (run_dir / "model" / "adapter_model.safetensors").is_file()
-
-
-@pytest.mark.gpu
 def test_gpu_qlora(tool_picker, tiny_model_dir, tmp_path):
     pytest.importorskip("bitsandbytes")
     run_dir = write_offline_run(tool_picker, tmp_path / "runs", copies=1)

@@ -9,6 +9,7 @@ from typing import Literal
 
 from schemabuild.errors import ConfigError
 from schemabuild.inference.grammars import DEFAULT_BACKEND
+from schemabuild.precision import PRECISIONS
 
 COMPARE_WITH = ("base", "teacher")
 
@@ -36,6 +37,8 @@ class EvalConfig:
     """Report folder [default: <run>/eval]."""
     grammar_backend: Literal["xgrammar", "llguidance"] = DEFAULT_BACKEND
     """Grammar engine for constrained decoding."""
+    precision: str = "auto"
+    """Weights the model is scored in: fp32, bf16, int8 or auto (what `serve` runs here by default)."""
     def __post_init__(self) -> None:
         self.compare = list(self.compare or [])
         self.min = list(self.min or [])
@@ -49,6 +52,8 @@ class EvalConfig:
             raise ConfigError(f"--batch-size {self.batch_size}: must be >= 1")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit {self.limit}: must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}")
         for name in ("data", "baseline", "out"):
             if getattr(self, name) is not None:
                 setattr(self, name, Path(getattr(self, name)))

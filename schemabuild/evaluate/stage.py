@@ -18,7 +18,8 @@ from schemabuild.evaluate.html import render_html
 from schemabuild.evaluate.markdown import format_summary, render_markdown
 from schemabuild.evaluate.scoring import PRIMARY, as_answer, score
 from schemabuild.evaluate.settings import EvalConfig
-from schemabuild.predictor import Predictor
+from schemabuild.precision import choose_precision
+from schemabuild.predictor import Predictor, resolve_device
 from schemabuild.runs import Run, cache_path, gold_file, read_json, read_jsonl, resolve_run, write_json, write_jsonl
 from schemabuild.synth import make_teacher, run_synth_config, teacher_configured
 from schemabuild.task import Example, Task, load_jsonl_examples, load_task
@@ -106,7 +107,10 @@ def evaluate(task: Task, cfg: EvalConfig, runs_dir=None, quiet: bool = False) ->
     notes: list[str] = []
 
     # run
-    predictor = Predictor.from_run(task, run=str(run_dir), runs_dir=runs_dir, grammar_backend=cfg.grammar_backend)
+    precision = choose_precision(cfg.precision, resolve_device())
+    _say(precision.line, quiet)
+    predictor = Predictor.from_run(task, run=str(run_dir), runs_dir=runs_dir, grammar_backend=cfg.grammar_backend,
+                                   precision=precision)
     preds = predictor.predict_many(texts, batch_size=cfg.batch_size, progress=not quiet)
     models = {PRIMARY: score(task, examples, preds, PRIMARY, str(Run(run_dir).model))}
     for other in cfg.compare:
@@ -127,6 +131,7 @@ def evaluate(task: Task, cfg: EvalConfig, runs_dir=None, quiet: bool = False) ->
         "run": str(run_dir),
         "data": str(data),
         "n": len(examples),
+        "precision": precision.name,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "metrics": models[PRIMARY]["metrics"],
         "models": models,
