@@ -98,7 +98,7 @@ class Backend:
     def token_bytes(self) -> list[bytes]:
         return [self.tokenizer.decode_bytes([i]) for i in range(self.vocab_size)]
 
-    def child_spec(self) -> None:
+    def child_spec(self) -> tuple[str, str] | None:
         return None  # compiles in process: llguidance's own limits bound each compile
 
 
