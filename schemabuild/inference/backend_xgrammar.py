@@ -101,9 +101,6 @@ class Backend:
     def token_bytes(self) -> list[bytes]:
         return list(self.info.decoded_vocab)
 
-    def special_ids(self) -> set[int]:
-        return set(self.info.special_token_ids)
-
     def child_spec(self) -> tuple[str, str]:
         return self.name, self.info.serialize_json()
 

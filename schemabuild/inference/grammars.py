@@ -51,6 +51,7 @@ class GrammarBackend(Protocol):
 
     name: str
     vocab_size: int
+    stop_ids: list[int]
     cache: "GrammarCache"
 
     def compile(self, schema: dict | None) -> Any:
@@ -66,10 +67,9 @@ class GrammarBackend(Protocol):
     def token_bytes(self) -> list[bytes]:
         """Each token id's bytes, as the engine decodes them."""
 
-    def special_ids(self) -> set[int]: ...
-
-    def child_spec(self) -> tuple[str, str]:
-        """(backend name, serialized tokenizer): what a compile child process needs (`child_compiler`)."""
+    def child_spec(self) -> tuple[str, str] | None:
+        """(backend name, serialized tokenizer): what a compile child process needs (`child_compiler`); None for an
+        engine that bounds its own work and compiles in process (llguidance)."""
 
     def load(self, payload: str) -> Any:
         """A grammar from what a compile child returned."""
