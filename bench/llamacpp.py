@@ -182,6 +182,7 @@ def main(argv=None) -> None:
             port = bench_serve.free_port()
             servers.append(bench_serve.start_server(run, port, max_batch=32, window_ms=3.0,
                                         extra=["--precision", precision, "--max-tokens-cap", str(args.max_tokens),
+                                               "--compile-timeout-s", "300",  # a loaded box: no 400 on warm-up
                                                "--default-max-tokens", str(args.max_tokens)]))
             sides[f"ours /predict ({precision})"] = our_side(f"http://127.0.0.1:{port}", task.name)
         measure(task, gold, prompts, sides, args)
