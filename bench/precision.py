@@ -9,7 +9,8 @@ on a shared machine hits all variants alike. Printed per set: tool accuracy, exa
 p50 latency and its ratio to fp32's.
 
 Variants: fp32, bf16, int8 (what `--precision int8` serves: merged, linears int8, head fp32), int8-head (the
-head int8 too), int8-peft (the adapter NOT merged: base linears int8, LoRA fp32, the multi-adapter form).
+head int8 too), int8-nodown (the MLP's down_proj, whose input carries the largest activation outliers, kept fp32),
+int8-peft (the adapter NOT merged: base linears int8, LoRA fp32, the multi-adapter form).
 
 Sets: `val` = the run's own synthesized validation split (what `auto`'s choice was made on); `gold`, `dev`,
 `holdout` = evals/ (scored here only, never tuned on). The script reads the eval rows; nobody reads them by eye.
@@ -28,6 +29,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
+KEEPS = {"int8-head": ("lora_",), "int8-nodown": ("lm_head", "lora_", "down_proj")}  # variant: layers kept fp32
 EVAL_SETS = {"gold": "evals/tool_picker.jsonl", "dev": "evals/dev/tool_picker.jsonl",
              "holdout": "evals/holdout/tool_picker.jsonl"}
 
@@ -75,9 +77,9 @@ def load_variant(task, model_dir: Path, name: str):
 
     if name in ("fp32", "bf16", "int8"):
         return Predictor.from_model_dir(task, model_dir, device="cpu", precision=name)
-    if name == "int8-head":
+    if name in KEEPS:  # int8 with another set of layers kept in fp32
         model, tokenizer, contract = load_model(task, model_dir, "cpu")
-        model = P.quantize_int8(model, P.int8_engine(), keep=("lora_",))
+        model = P.quantize_int8(model, P.int8_engine(), keep=KEEPS[name])
         return Predictor(task, model, tokenizer, contract, device="cpu")
     if name == "int8-peft":
         contract, tokenizer = load_checked(task, model_dir)

@@ -1,17 +1,18 @@
 """Weights' precision for inference, chosen per machine at start and announced in one line.
 
-    choice = choose_precision("auto", "cpu")     # Precision(name="int8", line="precision: int8 (dynamic, x86) ...")
+    choice = choose_precision("auto", "cpu")     # Precision(name="fp32", line="precision: fp32 (auto) - this CPU ...")
     model = apply_precision(model, choice)       # called by the one loader (models.py) on every model it serves
 
 `auto` picks, from measurements on the tool_picker model (bench/precision.py, BENCHMARKS.md "Precision"):
 - cuda: bf16 (tensor cores; what training used);
-- a CPU with avx512_bf16 or amx_bf16: bf16 (a bf16 matmul ran ~2x an fp32 one there; greedy answers stay close);
-- any other x86/ARM CPU with a quantized engine: int8 (dynamic: int8 weights, activations quantized per step;
-  1.3-2x faster than fp32 on an AVX2 CPU, answers within a point);
-- else fp32.
-int8 keeps the embedding, the output head (lm_head) and LoRA's own small matrices in fp32: the head decides the
-token and is where quantization error shows first. LoRA adapters served unmerged (several on one base) keep their
-A/B matrices in fp32 on top of the int8 base linears, so multi-adapter serving works the same way.
+- a CPU with avx512_bf16 or amx_bf16: bf16 (native bf16 matmuls; bf16 kept greedy answers closer to fp32 than int8);
+- any other CPU: fp32. Dynamic int8 (`--precision int8`: int8 weights, activations quantized per step) was
+  1.3-1.5x faster on an AVX2 CPU but changed most greedy answers and cost tool accuracy (17 points on the run's
+  own validation rows): the activations' outlier channels do not survive per-tensor int8. So it is offered,
+  with that warning in its line, and never chosen by `auto`.
+int8 keeps the embedding, the output head (lm_head) and LoRA's own small matrices in fp32. LoRA adapters served
+unmerged (several on one base) keep their A/B matrices in fp32 on top of the int8 base linears, so multi-adapter
+serving works the same way.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def choose_precision(requested: str | None, device: str, flags: set[str] | None 
     cpu = describe_cpu(flags)
     native_bf16 = any(f in flags for f in BF16_FLAGS)
     if requested == "auto":
-        requested = "bf16" if native_bf16 else "int8" if engine else "fp32"
+        requested = "bf16" if native_bf16 else "fp32"
         how = "auto"
     else:
         how = "forced"
@@ -97,8 +98,8 @@ def choose_precision(requested: str | None, device: str, flags: set[str] | None 
         if not engine:
             raise ConfigError("--precision int8: this torch build has no quantized engine (x86/fbgemm/qnnpack); "
                               "use --precision fp32")
-        return Precision("int8", "cpu", f"precision: int8 (dynamic, {engine} engine; {how}) - this CPU has {cpu}",
-                         engine=engine)
+        return Precision("int8", "cpu", f"precision: int8 (dynamic, {engine} engine; {how}) - this CPU has {cpu}; "
+                                        "warning: faster, but it changes greedy answers (see BENCHMARKS.md)", engine=engine)
     if requested == "bf16" and not native_bf16:
         return Precision("bf16", "cpu", f"precision: bf16 ({how}) - warning: this CPU has {cpu}: bf16 matmuls are "
                                         "emulated and slower than fp32; --precision int8 or fp32 run faster here")
@@ -142,14 +143,21 @@ def quantize_int8(model, engine: str | None, keep: tuple[str, ...] = KEEP_FP32):
 def weight_dtypes(model) -> dict[str, int]:
     """How many weight tensors of each dtype `model` holds, read from the modules themselves (int8 linears count
     as "qint8"): what tests and the GPU check assert, rather than the flags that asked for it."""
-    import torch
 
     counts: dict[str, int] = {}
     for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if callable(weight):  # a dynamic quantized Linear: weight() unpacks its int8 tensor
-            weight = weight()
-        if isinstance(weight, torch.Tensor):
+        if isinstance(module, dynamic_linear()):
+            weight = module.weight()  # its packed int8 tensor, unpacked
+        else:  # only a module's own weight: PEFT's LoRA wrappers forward `weight` to their base layer
+            weight = dict(module.named_parameters(recurse=False)).get("weight")
+        if weight is not None:
             key = str(weight.dtype).replace("torch.", "")
             counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def dynamic_linear() -> type:
+    """torch's dynamic int8 Linear class (what quantize_int8 swaps nn.Linear for)."""
+    from torch.ao.nn.quantized.dynamic import Linear
+
+    return Linear

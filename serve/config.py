@@ -52,8 +52,8 @@ class ServeConfig:
     device: str | None = None
     """torch device [default: cuda when available, else cpu]."""
     precision: str = "auto"
-    """Weights: fp32, bf16, int8 or auto (cuda: bf16; a CPU with avx512_bf16/amx_bf16: bf16; other CPUs: int8,
-    dynamic; announced in one line at start)."""
+    """Weights: fp32, bf16, int8 or auto (cuda: bf16; a CPU with avx512_bf16/amx_bf16: bf16; other CPUs: fp32;
+    announced in one line at start). int8 (dynamic) is faster on CPU but changes answers: never chosen by auto."""
     compile_timeout_s: float = 10.0
     """Seconds a client schema's grammar may take to compile (400 invalid_schema after; the result is cached)."""
     compile_memory_mb: int = 2048

@@ -15,16 +15,17 @@ TEXTS = ["billy play some Daft Punk", "weather forecast for Tokyo", "thanks bill
 
 
 def test_auto_picks_per_machine_and_says_why_in_one_line():
-    int8 = choose_precision("auto", "cpu", flags=AVX2, engine="x86")
-    assert int8.name == "int8" and int8.engine == "x86"
-    assert int8.line == "precision: int8 (dynamic, x86 engine; auto) - this CPU has avx2, no bf16"
+    fp32 = choose_precision("auto", "cpu", flags=AVX2, engine="x86")
+    assert fp32.name == "fp32" and fp32.line == "precision: fp32 (auto) - this CPU has avx2, no bf16"
     bf16 = choose_precision("auto", "cpu", flags=SAPPHIRE, engine="x86")
-    assert bf16.name == "bf16" and "avx512_bf16, amx_bf16" in bf16.line
-    assert choose_precision("auto", "cpu", flags=AVX2, engine=None).name == "fp32"  # no quantized engine
+    assert bf16.name == "bf16" and bf16.line == "precision: bf16 (auto) - this CPU has avx512f, avx512_bf16, amx_bf16"
+    int8 = choose_precision("int8", "cpu", flags=AVX2, engine="x86")  # offered, never auto: it changes answers
+    assert int8.name == "int8" and int8.engine == "x86"
+    assert int8.line.startswith("precision: int8 (dynamic, x86 engine; forced) - this CPU has avx2, no bf16; warning:")
     assert choose_precision(None, "cuda").name == "bf16"  # cuda maps to bf16 by default
     assert choose_precision("auto", "cuda:0").line == "precision: bf16 (cuda default) on cuda:0"
     assert choose_precision("fp32", "cuda").name == "fp32"
-    assert all("\n" not in c.line for c in (int8, bf16))
+    assert all("\n" not in c.line for c in (fp32, int8, bf16))
 
 
 def test_refusals_and_the_forced_bf16_warning():

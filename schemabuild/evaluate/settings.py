@@ -38,7 +38,7 @@ class EvalConfig:
     grammar_backend: Literal["xgrammar", "llguidance"] = DEFAULT_BACKEND
     """Grammar engine for constrained decoding."""
     precision: str = "auto"
-    """Weights the model is scored in: fp32, bf16, int8 or auto (what `serve` runs here by default)."""
+    """Weights the model is scored in: fp32, bf16, int8 or auto (what `serve` runs by default on this machine)."""
     def __post_init__(self) -> None:
         self.compare = list(self.compare or [])
         self.min = list(self.min or [])
