@@ -105,7 +105,13 @@ def test_gguf_metadata_is_what_llama_cpp_reads(tiny_exports, tool_picker):
     assert tokens[prompt_id] == contract["system_prompt"] and meta["tokenizer.ggml.token_type"][prompt_id] == 4
     assert meta["tokenizer.ggml.token_type"][contract["stop_ids"][0]] == 3  # CONTROL
     assert meta["tokenizer.ggml.add_bos_token"] is False
-    assert meta["tokenizer.chat_template"] == tokenizer.chat_template
+    # plain Jinja (what llama.cpp and Ollama's importers have) renders the GGUF's template as transformers renders ours
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    msgs = [{"role": "system", "content": contract["system_prompt"]}, {"role": "user", "content": "hi billy"},
+            {"role": "assistant", "content": '{"tool":"no_tool","query":null}'}]
+    plain = ImmutableSandboxedEnvironment().from_string(meta["tokenizer.chat_template"])
+    assert plain.render(messages=msgs, add_generation_prompt=False) == tokenizer.apply_chat_template(msgs, tokenize=False)
     assert len(meta["tokenizer.ggml.merges"]) > 100 and all(m.count(" ") == 1 for m in meta["tokenizer.ggml.merges"])
     # 2-D weights in q8_0, norms in f32; the tied output projection is left to the embedding
     assert tensors["blk.0.attn_q.weight"] == "Q8_0" and tensors["token_embd.weight"] == "Q8_0"
@@ -233,3 +239,74 @@ def test_qwen2_exports_with_biases_and_reads_back_exactly(tool_picker, tmp_path)
     ids = torch.tensor([[1, 5, 9, 200, 300, 2]])
     with torch.no_grad():
         assert torch.equal(model(ids).logits, back(ids).logits)
+
+
+# ---- a trained model: transformers' loader and llama.cpp ---------------------------------------------------------
+
+def generated_texts(task, run_dir: Path) -> list[str]:
+    """Inputs to answer: the run's validation rows plus fresh rewordings of the task's examples (seed 1)."""
+    from schemabuild.contract import split_chat_row
+    from schemabuild.runs import read_jsonl
+
+    texts = [split_chat_row(row)[1] for row in read_jsonl(run_dir / "data" / "val.jsonl")]
+    texts += [split_chat_row(row)[1] for row in offline_rows(task, copies=2, seed=1)]
+    return list(dict.fromkeys(texts))
+
+
+@pytest.fixture(scope="module")
+def trained_exports(trained_run, tmp_path_factory):
+    """The trained tiny run exported as f32 and q8_0 (outside the shared run folder)."""
+    out = tmp_path_factory.mktemp("trained-gguf")
+    files = {}
+    for quant in ("f32", "q8_0"):
+        result = cli("export", "tool_picker", "--format", "gguf", "--quant", quant, "--run", trained_run, "--out", out)
+        assert result.exit_code == 0, result.output
+        files[quant] = out / f"tool_picker-{quant}.gguf"
+    return files
+
+
+@pytest.mark.slow
+def test_trained_gguf_answers_like_the_merged_model(trained_run, trained_exports, tool_picker):
+    """f32: the very same greedy answers; q8_0: the agreement is printed (and must stay high)."""
+    model, tokenizer, contract = merged(tool_picker, trained_run / "model")
+    texts = generated_texts(tool_picker, trained_run)
+    ours = greedy_texts(tool_picker, model, tokenizer, contract, texts)
+    assert greedy_texts(tool_picker, gguf_model(trained_exports["f32"]), tokenizer, contract, texts) == ours
+    q8 = greedy_texts(tool_picker, gguf_model(trained_exports["q8_0"]), tokenizer, contract, texts)
+    agree = sum(a == b for a, b in zip(q8, ours)) / len(texts)
+    print(f"q8_0 GGUF (transformers' loader) vs merged model: {agree:.3f} identical answers on {len(texts)} inputs")
+    assert agree >= 0.9
+
+
+@pytest.mark.slow
+def test_llama_cpp_answers_under_the_schema_like_our_predictor(trained_run, trained_exports, tool_picker):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from pydantic import ValidationError
+
+    from schemabuild.contract import encode_prompt, grammar_schema, render_prompt
+    from schemabuild.predictor import Predictor
+
+    predictor = Predictor.from_model_dir(tool_picker, trained_run / "model", device="cpu")
+    system = predictor.contract["system_prompt"]
+    llm = llama_cpp.Llama(model_path=str(trained_exports["q8_0"]), n_ctx=512, n_threads=1, verbose=False, seed=0)
+    texts = generated_texts(tool_picker, trained_run)
+    agree, invalid = 0, []
+    for text in texts:
+        # llama.cpp reads the prompt as the very tokens training saw (no BOS added, specials and the added token whole)
+        prompt = render_prompt(predictor.tokenizer, system, text)
+        assert llm.tokenize(prompt.encode(), add_bos=True, special=True) == \
+            encode_prompt(predictor.tokenizer, system, text), text
+        reply = llm.create_chat_completion(
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": text}],
+            response_format={"type": "json_object", "schema": grammar_schema(tool_picker.output)},
+            temperature=0.0, max_tokens=64)
+        answer = reply["choices"][0]["message"]["content"]
+        try:
+            theirs = tool_picker.output.model_validate_json(answer)
+        except ValidationError:
+            invalid.append((text, answer))
+            continue
+        agree += theirs == predictor.predict(text, max_tokens=64).output
+    print(f"llama.cpp (q8_0) vs our predictor: {agree}/{len(texts)} identical outputs")
+    assert not invalid, invalid[:3]
+    assert agree >= 0.95 * len(texts)

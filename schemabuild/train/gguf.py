@@ -12,6 +12,7 @@ pre-tokenizer name llama.cpp knows it by) and the chat template. Supported archi
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -213,7 +214,13 @@ def write_tokenizer(writer, tokenizer, contract: dict, vocab_size: int) -> None:
         writer.add_pad_token_id(tokenizer.pad_token_id)
     writer.add_add_bos_token(False)
     writer.add_add_eos_token(False)
-    writer.add_chat_template(tokenizer.chat_template)
+    writer.add_chat_template(runtime_chat_template(tokenizer.chat_template))
+
+
+def runtime_chat_template(template: str) -> str:
+    """The chat template without transformers' `{% generation %}` marks (they only tell training which tokens are the
+    answer; llama.cpp's and Ollama's Jinja engines reject the unknown tag). It renders the same text."""
+    return re.sub(r"{%-?\s*(end)?generation\s*-?%}", "", template)
 
 
 def vocab_tokens(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
