@@ -7,6 +7,8 @@ predictor on the same messages under the task's JSON schema.
 (a) the size of the f32, f16 and q8_0 files `schemabuild export --format gguf` writes
 (b) latency per message, one request at a time, interleaved (ours, llama.cpp, ours, ...) on the same threads: p50, p95
 (c) validity and field accuracy of both (scored by schemabuild.evaluate.score), and how often the two outputs agree
+(d) with --roundtrip: the f32 and q8_0 files read back by transformers' GGUF loader, decoded by our own predictor:
+    how many answers are identical to the merged model's
 
 The gold file is only scored: no row of it is printed. Speed figures are ratios taken in this one run (shared CPU).
 """
@@ -37,6 +39,7 @@ def parse_args(argv=None):
     ap.add_argument("--quant", default="q8_0", choices=("q8_0", "f16", "f32"), help="the GGUF llama.cpp runs")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads and llama.cpp threads alike")
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--roundtrip", action="store_true", help="also (d): the GGUFs through transformers' loader")
     ap.add_argument("--out", type=Path, help="where the GGUF files go [default: a temporary folder]")
     return ap.parse_args(argv)
 
@@ -117,6 +120,23 @@ def main(argv=None) -> None:
     diff = reports["llama.cpp"]["metrics"][tool] - reports["schemabuild"]["metrics"][tool]
     print(f"\nidentical outputs: {same}/{len(rows)}; llama.cpp p50 / ours: {ratio:.2f}x; "
           f"llama.cpp {tool} minus ours: {diff:+.3f}; llama.cpp answers in compact JSON: {compact}/{len(rows)}")
+    if a.roundtrip:
+        roundtrip(task, predictor, files, [ex.input for ex in rows], answers["schemabuild"], a.max_tokens)
+
+
+def roundtrip(task, predictor, files: dict, texts: list[str], merged_answers: list, max_tokens: int) -> None:
+    """(d): our predictor on the weights transformers reads back from each GGUF, against the merged model's answers."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from schemabuild.predictor import Predictor
+
+    for quant in ("f32", "q8_0"):
+        path = files[quant]
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+        back = Predictor(task, model, predictor.tokenizer, predictor.contract, device="cpu")
+        same = sum(back.predict(t, max_tokens=max_tokens).text == m.text for t, m in zip(texts, merged_answers))
+        print(f"{quant} GGUF read back by transformers: {same}/{len(texts)} answers identical to the merged model's")
 
 
 if __name__ == "__main__":
