@@ -29,7 +29,7 @@ ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}  # transformers model_type:
 # GPT-2's own split (ByteLevel with its regex: the tiny base, and SmolLM2 as transformers converts it: its vocabulary
 # has no token with a digit beside another character, so llama.cpp's "smollm" digit split tokenizes the same) and
 # Qwen2's split regex followed by a plain ByteLevel.
-PRE_GPT2 = "gpt2"
+PRE_GPT2 = "gpt-2"
 PRE_QWEN2 = "qwen2"
 
 
