@@ -1,8 +1,8 @@
 """The GGUF export measured side by side in one run: file sizes, then llama.cpp (llama-cpp-python) beside our own
 predictor on the same messages under the task's JSON schema.
 
-    python bench/gguf.py                                   # the latest tool_picker run, evals/holdout/tool_picker.jsonl
-    python bench/gguf.py --run runs/tool_picker/<run-id> --gold evals/tool_picker.jsonl --threads 2
+    python bench/gguf_export.py                                   # the latest tool_picker run, evals/holdout/tool_picker.jsonl
+    python bench/gguf_export.py --run runs/tool_picker/<run-id> --gold evals/tool_picker.jsonl --threads 2
 
 (a) the size of the f32, f16 and q8_0 files `schemabuild export --format gguf` writes
 (b) latency per message, one request at a time, interleaved (ours, llama.cpp, ours, ...) on the same threads: p50, p95
