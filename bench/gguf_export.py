@@ -7,7 +7,7 @@ predictor on the same messages under the task's JSON schema.
 (a) the size of the f32, f16 and q8_0 files `schemabuild export --format gguf` writes
 (b) latency per message, one request at a time, interleaved (ours, llama.cpp, ours, ...) on the same threads: p50, p95
 (c) validity and field accuracy of both (scored by schemabuild.evaluate.score), and how often the two outputs agree
-(d) with --roundtrip: the f32 and q8_0 files read back by transformers' GGUF loader, decoded by our own predictor:
+(d) with --roundtrip N: the f32 and q8_0 files read back by transformers' GGUF loader, decoded by our own predictor:
     how many answers are identical to the merged model's
 
 The gold file is only scored: no row of it is printed. Speed figures are ratios taken in this one run (shared CPU).
@@ -39,7 +39,8 @@ def parse_args(argv=None):
     ap.add_argument("--quant", default="q8_0", choices=("q8_0", "f16", "f32"), help="the GGUF llama.cpp runs")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads and llama.cpp threads alike")
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--roundtrip", action="store_true", help="also (d): the GGUFs through transformers' loader")
+    ap.add_argument("--roundtrip", type=int, default=0, metavar="N",
+                    help="also (d) on the first N messages: the GGUFs through transformers' loader (0 = skip)")
     ap.add_argument("--out", type=Path, help="where the GGUF files go [default: a temporary folder]")
     return ap.parse_args(argv)
 
@@ -121,7 +122,7 @@ def main(argv=None) -> None:
     print(f"\nidentical outputs: {same}/{len(rows)}; llama.cpp p50 / ours: {ratio:.2f}x; "
           f"llama.cpp {tool} minus ours: {diff:+.3f}; llama.cpp answers in compact JSON: {compact}/{len(rows)}")
     if a.roundtrip:
-        roundtrip(task, predictor, files, [ex.input for ex in rows], answers["schemabuild"], a.max_tokens)
+        roundtrip(task, predictor, files, [ex.input for ex in rows][: a.roundtrip], answers["schemabuild"], a.max_tokens)
 
 
 def roundtrip(task, predictor, files: dict, texts: list[str], merged_answers: list, max_tokens: int) -> None:
