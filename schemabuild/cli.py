@@ -22,7 +22,7 @@ from schemabuild.predictor import Predictor, resolve_device
 from schemabuild.runs import resolve_run
 from schemabuild.synth import DATASET_FORMATS, SynthConfig, export_dataset, synthesize
 from schemabuild.task import TaskError, describe, list_tasks, load_task, tasks_dir as resolve_tasks_dir, write_template
-from schemabuild.train import MODEL_FORMATS, export_merged, export_vllm
+from schemabuild.train import GGUF_FORMATS, MODEL_FORMATS, QUANTS, export_gguf, export_merged, export_ollama, export_vllm
 from schemabuild.serve.app import run_server
 from schemabuild.serve.config import ServeConfig
 
@@ -249,15 +249,20 @@ def predict(task, text, tasks_dir, runs_dir, run, max_tokens, grammar_backend, p
 @TASKS_DIR
 @RUNS_DIR
 @click.option("--format", "fmt", required=True,
-              type=click.Choice([*DATASET_FORMATS, *MODEL_FORMATS]), help="What to write.")
+              type=click.Choice([*DATASET_FORMATS, *MODEL_FORMATS, *GGUF_FORMATS]), help="What to write.")
+@click.option("--quant", type=click.Choice(QUANTS), default="q8_0", show_default=True,
+              help="GGUF weight type (--format gguf or ollama).")
 @click.option("--run", default=None, help="Run directory or run id [default: the task's latest run].")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output path [default: inside the run].")
 @user_errors
-def export(task, tasks_dir, runs_dir, fmt, run, out):
-    """Export TASK's dataset (openai, sharegpt, alpaca) or model (merged, vllm)."""
+def export(task, tasks_dir, runs_dir, fmt, quant, run, out):
+    """Export TASK's dataset (openai, sharegpt, alpaca) or model (merged, vllm, gguf for llama.cpp, ollama)."""
     t = _load(task, tasks_dir)
     if fmt in DATASET_FORMATS:
         export_dataset(t, resolve_run(task, run, runs_dir, need="data"), fmt, out)
+    elif fmt in GGUF_FORMATS:
+        export = export_gguf if fmt == "gguf" else export_ollama
+        export(t, resolve_run(task, run, runs_dir, need="model"), out, quant)
     else:
         export = export_merged if fmt == "merged" else export_vllm
         export(t, resolve_run(task, run, runs_dir, need="model"), out)
