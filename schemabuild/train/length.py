@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
+from schemabuild.predictor import Predictor
 from schemabuild.train.settings import LENGTH_DEFAULTS, TrainConfig
 
 
@@ -74,13 +75,29 @@ def mean_accuracy(measure: dict) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def stop_reason(point: dict, since_best: int, best_step: int, patience: int) -> str | None:
+    """Why training stops after this measurement (past the minimum length), or None to go on."""
+    if point["perfect"]:
+        return f"every validation field right at step {point['step']}"
+    if since_best >= patience:
+        return f"no gain in {patience} measurements since step {best_step}"
+    return None
+
+
+def log_point(point: dict, gain: bool, log_path: Path) -> None:
+    """One progress line per measurement, and its line in train_log.jsonl."""
+    fields = "  ".join(f"{k} {v:.3f}" for k, v in point["val_fields"].items() if v is not None)
+    print(f"val step {point['step']}: {fields}  exact {point['val_exact'] or 0:.3f}"
+          f"{'  (best)' if gain else ''}  [{point['seconds']:.0f}s]", flush=True)
+    with log_path.open("a") as f:
+        f.write(json.dumps({"step": point["step"], "epoch": point["epoch"], "val": point}) + "\n")
+
+
 def curve_callback(task, tokenizer, contract: dict, validator: Validator, plan: LengthPlan, device: str,
                    log_path: Path, main: bool):
     """The TrainerCallback that measures, keeps the best weights and stops; `.summary()` and `.restore_best(model)`
     after training."""
     from transformers import TrainerCallback
-
-    from schemabuild.predictor import Predictor
 
     class Curve(TrainerCallback):
         def __init__(self):
@@ -104,10 +121,7 @@ def curve_callback(task, tokenizer, contract: dict, validator: Validator, plan: 
             point = self.measure(model, state)
             if step >= state.max_steps or step < plan.min_steps:
                 return
-            if point["perfect"]:
-                self.stopped = f"every validation field right at step {step}"
-            elif self.since_best >= plan.patience:
-                self.stopped = f"no gain in {plan.patience} measurements since step {self.best['step']}"
+            self.stopped = stop_reason(point, self.since_best, self.best["step"], plan.patience)
             if self.stopped:
                 control.should_training_stop = True
                 if main:
@@ -138,11 +152,7 @@ def curve_callback(task, tokenizer, contract: dict, validator: Validator, plan: 
                 self.since_best += 1
             self.points.append(point)
             if main:
-                fields = "  ".join(f"{k} {v:.3f}" for k, v in measure["fields"].items() if v is not None)
-                print(f"val step {point['step']}: {fields}  exact {point['val_exact'] or 0:.3f}"
-                      f"{'  (best)' if gain else ''}  [{point['seconds']:.0f}s]", flush=True)
-                with log_path.open("a") as f:
-                    f.write(json.dumps({"step": point["step"], "epoch": point["epoch"], "val": point}) + "\n")
+                log_point(point, gain, log_path)
             return point
 
         def restore_best(self, model) -> bool:
