@@ -46,20 +46,27 @@ def precision_probe(reps: int = 5) -> dict:
             "auto_chooses": choose_precision(TrainConfig(), "cpu")}
 
 
-def summarize(run: Path) -> dict:
-    s = json.loads((run / "model" / "train_summary.json").read_text())
-    out = {"steps": s["global_step"], "train_s": s["seconds"], "seconds_per_step": s.get("seconds_per_step"),
+def summarize(run: Path, model: str = "model") -> dict:
+    """The run's curve (train_summary.json, or train_log.jsonl of a run stopped before saving) and its scores on the
+    gold, dev and holdout sets (`model`: the folder scored, e.g. a checkpoint made servable)."""
+    summary = run / "model" / "train_summary.json"
+    s = json.loads(summary.read_text()) if summary.is_file() else {}
+    log = [json.loads(x) for x in (run / "model" / "train_log.jsonl").read_text().splitlines()]
+    points = s.get("curve") or [e["val"] for e in log if "val" in e]
+    out = {"steps": s.get("global_step"), "train_s": s.get("seconds"), "seconds_per_step": s.get("seconds_per_step"),
            "length": s.get("length"), "best_step": s.get("best_step"), "stopped": s.get("stopped"),
+           "loss": [(e["step"], round(e["loss"], 4)) for e in log if "loss" in e],
            "curve": [{"step": p["step"], "loss": p["loss"], **p["val_fields"], "exact": p["val_exact"],
-                      "measure_s": p["seconds"]} for p in s.get("curve", [])]}
+                      "measure_s": p["seconds"]} for p in points]}
     keys = {"tool": "field.tool", "query_f1": "field.query.token_f1", "null_recall": "field.query.null_recall",
             "schema_valid": "schema_valid"}
+    scored = run if model == "model" else run / model
     for name, data in (("gold", None), ("dev", "dev"), ("holdout", "holdout")):
-        folder = run / ("eval" if data is None else f"eval_{data}")
-        if data is not None and not (folder / "report.json").is_file():
-            subprocess.run([sys.executable, "-m", "schemabuild.cli", "eval", "tool_picker", "--run", str(run), "--data",
-                            str(ROOT / "evals" / data / "tool_picker.jsonl"), "--out", str(folder)],
-                           check=True, capture_output=True, cwd=ROOT)
+        folder = scored / ("eval" if data is None else f"eval_{data}")
+        if not (folder / "report.json").is_file():
+            where = ["--data", str(ROOT / "evals" / data / "tool_picker.jsonl")] if data else []
+            subprocess.run([sys.executable, "-m", "schemabuild.cli", "eval", "tool_picker", "--run", str(scored),
+                            *where, "--out", str(folder)], check=True, capture_output=True, cwd=ROOT)
         if (folder / "report.json").is_file():
             m = json.loads((folder / "report.json").read_text())["metrics"]
             out[name] = {k: m.get(v) for k, v in keys.items()}
@@ -70,13 +77,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--task", default="tool_picker")
     ap.add_argument("--summarize", type=Path, help="a trained run: print its curve and scores, train nothing")
+    ap.add_argument("--model", default="model", help="with --summarize: a run folder inside the run to score instead "
+                    "(e.g. a checkpoint made servable: <run>/ck/model)")
     ap.add_argument("--precision-only", action="store_true")
     a = ap.parse_args()
-    print(json.dumps({"precision": precision_probe()}), flush=True)
+    if a.precision_only or not a.summarize:
+        print(json.dumps({"precision": precision_probe()}), flush=True)
     if a.precision_only:
         return
     if a.summarize:
-        print(json.dumps(summarize(a.summarize), indent=1))
+        print(json.dumps(summarize(a.summarize, a.model), indent=1))
         return
     runs = Path(tempfile.mkdtemp(prefix="main_job_")) / "runs"
     load = os.getloadavg()[0]

@@ -198,7 +198,7 @@ def train_run(task, run_dir: Path, cfg: TrainConfig, validator: Validator | None
     precision, why = choose_precision(cfg, device)
     bf16 = precision == "bf16"
     length = plan_length(cfg, "tiny" if plan.full else "lora", plan.epochs, len(train_rows),
-                         plan.batch_size * cfg.grad_accum * world_size(), validator)
+                         plan.batch_size * cfg.grad_accum * world_size(), validator, device)
     plan.epochs = length.epochs
     if main:
         print(f"precision: {precision} ({why})")

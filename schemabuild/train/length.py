@@ -50,7 +50,7 @@ class LengthPlan:
 
 
 def plan_length(cfg: TrainConfig, kind: str, fixed_default: float, rows: int, per_step: int,
-                validator: Validator | None) -> LengthPlan:
+                validator: Validator | None, device: str = "cpu") -> LengthPlan:
     """The length plan for `rows` training rows at `per_step` rows per optimizer step (`kind`: "lora" or "tiny")."""
     steps_per_epoch = max(1, math.ceil(rows / per_step))
     if cfg.epochs is not None:
@@ -59,7 +59,8 @@ def plan_length(cfg: TrainConfig, kind: str, fixed_default: float, rows: int, pe
         return LengthPlan(False, fixed_default, steps_per_epoch,
                           why=f"{fixed_default:g} epochs (no validation split to measure the length on)")
     d = LENGTH_DEFAULTS[kind]
-    max_epochs = cfg.max_epochs if cfg.max_epochs is not None else max(d["max_epochs"], cfg.min_epochs or 0)
+    longest = d["max_epochs"]["cuda" if device == "cuda" else "cpu"]
+    max_epochs = cfg.max_epochs if cfg.max_epochs is not None else max(longest, cfg.min_epochs or 0)
     min_epochs = min(cfg.min_epochs if cfg.min_epochs is not None else d["min_epochs"], max_epochs)
     val_every = cfg.val_every or max(1, round(steps_per_epoch * d["val_every"]))
     patience = cfg.patience or d["patience"]
