@@ -4,7 +4,9 @@
     python bench/real_base.py --setting top15 --seeds 0 --extra "--lora-layers 15"
 
 Each (setting, seed) synthesizes with the offline teacher (`--n`, the seed), trains through the real CLI
-(`schemabuild train ... --base smollm2-135m`), then scores on evals/<task>.jsonl and evals/dev/<task>.jsonl.
+(`schemabuild train ... --base smollm2-135m`), then scores on evals/<task>.jsonl, evals/dev/<task>.jsonl and
+evals/holdout/<task>.jsonl (scores only: the sets are never printed). The row also carries how the length was
+decided (measured or fixed), the steps, seconds per step, and the validation curve.
 One JSON line per result goes to --out (appended), so a sweep can be stopped and continued.
 """
 
@@ -58,14 +60,18 @@ def main() -> None:
         t2 = time.perf_counter()
         run = a.runs_dir / a.task / run_id
         sh(sb + ["eval", a.task, "--run", str(run), "--out", str(run / "eval")])
-        sh(sb + ["eval", a.task, "--run", str(run), "--data", str(ROOT / "evals" / "dev" / f"{a.task}.jsonl"),
-                 "--out", str(run / "eval_dev")])
+        for name in ("dev", "holdout"):
+            sh(sb + ["eval", a.task, "--run", str(run), "--data", str(ROOT / "evals" / name / f"{a.task}.jsonl"),
+                     "--out", str(run / f"eval_{name}")])
         t3 = time.perf_counter()
         summary = json.loads((run / "model" / "train_summary.json").read_text())
         row = {"setting": a.setting, "extra": a.extra, "n": a.n, "seed": seed, "synth_s": round(t1 - t0, 1),
                "train_s": round(t2 - t1, 1), "eval_s": round(t3 - t2, 1), "steps": summary["global_step"],
                "train_loss": round(summary["train_loss"], 4), "gold": metrics(run / "eval" / "report.json"),
-               "dev": metrics(run / "eval_dev" / "report.json")}
+               "dev": metrics(run / "eval_dev" / "report.json"), "holdout": metrics(run / "eval_holdout" / "report.json"),
+               "length": summary.get("length"), "best_step": summary.get("best_step"),
+               "stopped": summary.get("stopped"), "seconds_per_step": summary.get("seconds_per_step"),
+               "curve": [(p["step"], p["val_fields"], p["val_exact"]) for p in summary.get("curve", [])]}
         print(json.dumps(row), flush=True)
         with a.out.open("a") as f:
             f.write(json.dumps(row) + "\n")

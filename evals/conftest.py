@@ -1,7 +1,8 @@
 """Eval gates for CI: `pytest evals/` scores the task's trained model on its gold set (evals/<task>.jsonl).
 
-The model is the latest run under ./runs (or $SCHEMABUILD_RUNS) when it is fresh for the task file as it is
-now; otherwise one is trained first with `schemabuild train`'s defaults (offline: LoRA on SmolLM2-135M from the
+The model is the latest run under ./runs (or $SCHEMABUILD_RUNS) when it was made by the training code, settings, data
+and task file there are now (its model/fingerprint.json, see schemabuild.runs.training_fingerprint); otherwise one is
+trained first with `schemabuild train`'s defaults (offline: LoRA on SmolLM2-135M from the
 package registry, on recombined examples). Cache ./runs (and ~/.cache/schemabuild) between CI jobs to skip that.
 """
 

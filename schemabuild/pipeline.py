@@ -14,10 +14,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from schemabuild.config import resolved
 from schemabuild.errors import ConfigError
-from schemabuild.evaluate import evaluate_run, format_summary, primary
+from schemabuild.evaluate import evaluate_run, format_summary, primary, val_scorer
 from schemabuild.refine import refine
-from schemabuild.runs import Run, latest_run, read_json, resolve_run
+from schemabuild.runs import Run, latest_run, read_json, resolve_run, training_fingerprint, write_json
 from schemabuild.synth import SynthConfig, run_synth_config, synthesize
 from schemabuild.train import TrainConfig, check_base_arg, is_main, train_run, world_size
 
@@ -52,7 +53,7 @@ def train_task(task, cfg: PipelineConfig, runs_dir=None) -> Path:
     """`schemabuild train`: synthesize if needed, fine-tune, evaluate, refine; print where everything went."""
     check_base_arg(cfg.base)  # a mistyped --base fails now, not after synthesis (possibly paid teacher calls)
     run_dir = pick_run(task, cfg, runs_dir)
-    model_dir = train_run(task, run_dir, cfg)
+    model_dir = train_run(task, run_dir, cfg, validator=val_scorer(task, run_dir, cfg.val_rows))
     if not is_main():
         return run_dir
     report = _evaluate(task, run_dir) if cfg.eval else None
@@ -60,6 +61,8 @@ def train_task(task, cfg: PipelineConfig, runs_dir=None) -> Path:
         refine(task, run_dir, cfg, cfg.refine, runs_dir=runs_dir)
         if cfg.eval:
             report = _evaluate(task, run_dir)
+    run = Run(run_dir)
+    write_json(run.fingerprint_file, training_fingerprint(task, training_settings(cfg), run))
     print(final_summary(task, run_dir, model_dir, report))
     return run_dir
 
@@ -130,6 +133,7 @@ def final_summary(task, run_dir: Path, model_dir: Path, report: dict | None) -> 
         val = f", val loss {s['val_loss']:.4f}" if s.get("val_loss") is not None else ""
         lines.append(f"train:  {s['global_step']} steps, {s['seconds']:.0f}s, train loss {s['train_loss']:.4f}{val}"
                      f" ({'full training of the tiny base' if s['full_training'] else 'LoRA on ' + s['base_model']})")
+        lines += curve_lines(s)
     if report is not None and "models" in report:
         ft = primary(report)
         m = ft["metrics"]
@@ -140,12 +144,42 @@ def final_summary(task, run_dir: Path, model_dir: Path, report: dict | None) -> 
     return "\n".join(lines)
 
 
+NOT_TRAINING = ("run", "resume", "eval", "report_to", "logging_steps", "save_steps")
+"""PipelineConfig fields that do not change the model (left out of the run's fingerprint)."""
+
+
+def training_settings(cfg: PipelineConfig) -> dict:
+    """The settings that make a model, as asked for (the run's fingerprint hashes them)."""
+    return {k: v for k, v in resolved(cfg).items() if k not in NOT_TRAINING}
+
+
+def curve_lines(summary: dict) -> list[str]:
+    """The training curve in a few lines: validation accuracy per field at each measurement, and which was kept."""
+    curve = summary.get("curve") or []
+    if not curve:
+        return []
+    fields = list(curve[0]["val_fields"])
+    lines = [f"curve:  {'step':>6} {'loss':>7} " + " ".join(f"{f[:12]:>12}" for f in fields) + f" {'exact':>7}"]
+    for p in curve:
+        loss = f"{p['loss']:.4f}" if p.get("loss") is not None else "-"
+        cells = " ".join(f"{p['val_fields'][f]:>12.3f}" if p["val_fields"].get(f) is not None else f"{'-':>12}"
+                         for f in fields)
+        kept = "  <- kept" if p["step"] == summary.get("best_step") else ""
+        lines.append(f"        {p['step']:>6} {loss:>7} {cells} {p.get('val_exact') or 0:>7.3f}{kept}")
+    if summary.get("stopped"):
+        lines.append(f"        stopped early: {summary['stopped']}")
+    return lines
+
+
 def ensure_run(task, runs_dir=None, **train_settings) -> Path:
-    """The task's latest trained run when it still fits the task, else a new one trained with `schemabuild train`'s
-    offline-friendly defaults (plus `train_settings`, e.g. n=300). For eval gates in CI."""
+    """The task's latest trained run when it was made by the code, settings, data and task there are now, else a new
+    one trained with `schemabuild train`'s offline-friendly defaults (plus `train_settings`, e.g. n=300). For eval
+    gates in CI: a change to the training code or settings is never passed on a model trained before it."""
+    cfg = PipelineConfig(eval=False, **train_settings)
     latest = latest_run(task.name, runs_dir)
-    if latest is not None and Run(latest).model_matches(task):
+    if latest is not None and Run(latest).model_matches(task, training_settings(cfg)):
         return latest
-    why = "no trained run" if latest is None else f"{latest} is stale for the task as it is now"
+    why = "no trained run" if latest is None else (
+        f"{latest} is stale ({', '.join(Run(latest).stale_parts(task, training_settings(cfg))) or 'task'} changed)")
     print(f"{task.name}: {why}; training one", flush=True)
-    return Path(train_task(task, PipelineConfig(eval=False, **train_settings), runs_dir=runs_dir))
+    return Path(train_task(task, cfg, runs_dir=runs_dir))

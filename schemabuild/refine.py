@@ -21,7 +21,7 @@ from typing import Any
 
 from schemabuild.contract import chat_row, split_chat_row
 from schemabuild.errors import TaskError
-from schemabuild.evaluate import EvalConfig, evaluate, field_pairs, primary, value_label
+from schemabuild.evaluate import EvalConfig, evaluate, field_pairs, primary, val_scorer, value_label
 from schemabuild.evaluate.report import Report
 from schemabuild.runs import Run, cache_path, gold_file, read_jsonl, write_json, write_jsonl
 from schemabuild.synth import make_teacher, run_synth_config
@@ -207,7 +207,8 @@ def refine(task, run_dir, train_cfg, rounds: int, runs_dir=None, per_round: int 
         shutil.copytree(run.model, backup / "model")
         write_jsonl(run.train_file, train_rows + rows)
         print(f"refine round {k}: +{len(rows)} pairs from the {teacher} teacher ({len(rejects)} rejected); retraining")
-        train_run(task, run_dir, dataclasses.replace(train_cfg, resume=False))
+        train_run(task, run_dir, dataclasses.replace(train_cfg, resume=False),
+                  validator=val_scorer(task, run_dir, train_cfg.val_rows))
         after = score_val(rdir / "after")
         entry["after"] = _field_scores(after)
         if _overall(entry["after"]) < _overall(scores):

@@ -4,7 +4,8 @@ the gold-file default, plus small JSON/JSONL helpers.
     runs/<task>/<run-id>/
       data/         train.jsonl, val.jsonl, rejects.jsonl, manifest.json, synth_config.json   (schemabuild synth)
       train_config.json, checkpoints/, tiny_base/                                             (schemabuild train)
-      model/        weights or adapter, tokenizer, contract.json, train_log.jsonl, train_summary.json
+      model/        weights or adapter, tokenizer, contract.json, train_log.jsonl, train_summary.json,
+                    fingerprint.json (code, settings, data and task that made it: see `training_fingerprint`)
       eval/         report.json, report.md, report.html, predictions.jsonl                    (schemabuild eval)
       refine/       report.json, round-<k>/                                                    (train --refine)
       export/<fmt>/                                                                            (schemabuild export)
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import os
 import secrets
@@ -97,6 +99,10 @@ class Run:
     def train_summary(self) -> Path:
         return self.model / "train_summary.json"
 
+    @property
+    def fingerprint_file(self) -> Path:
+        return self.model / "fingerprint.json"
+
     # -- after training --
     @property
     def eval(self) -> Path:
@@ -132,14 +138,57 @@ class Run:
         manifest = self.manifest() if self.has_data() else None
         return bool(manifest) and manifest.get("complete") is True and manifest.get("fingerprint") == task.fingerprint()
 
-    def model_matches(self, task) -> bool:
-        """Whether the trained model still fits `task`: its contract matches and its data came from this task file."""
+    def model_matches(self, task, settings: dict | None = None) -> bool:
+        """Whether the trained model still fits `task`: its contract matches and its data came from this task file;
+        with `settings` (the training settings asked for now), also that the code, settings, data and task that made
+        it are the ones there are now (its fingerprint.json)."""
         try:
             check_contract(load_contract(self.model), task)
         except ContractError:
             return False
         manifest = self.manifest_file
-        return not manifest.is_file() or (self.manifest() or {}).get("fingerprint") == task.fingerprint()
+        if manifest.is_file() and (self.manifest() or {}).get("fingerprint") != task.fingerprint():
+            return False
+        return settings is None or _read_optional(self.fingerprint_file) == training_fingerprint(task, settings, self)
+
+    def stale_parts(self, task, settings: dict) -> list[str]:
+        """Which parts of the fingerprint differ from now (all of them when the run has none)."""
+        recorded = _read_optional(self.fingerprint_file) or {}
+        now = training_fingerprint(task, settings, self)
+        return [k for k in now if recorded.get(k) != now[k]]
+
+
+TRAINING_CODE = ("train", "synth", "contract.py", "task.py", "bases.py", "pipeline.py", "refine.py")
+"""The parts of the schemabuild package whose source makes a model (its data, prompts, targets, training and the
+flow around it): a change to any of them makes a trained run stale for the eval gate. Decoding and serving code is
+not here: it changes what a model answers, not the model."""
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def code_hash() -> str:
+    """A hash of the TRAINING_CODE source files (paths and bytes)."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for part in TRAINING_CODE:
+        path = root / part
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def data_hash(run: "Run") -> str:
+    """A hash of the run's training and validation rows as they are on disk."""
+    return _sha(b"".join(p.read_bytes() if p.is_file() else b"-" for p in (run.train_file, run.val_file)))
+
+
+def training_fingerprint(task, settings: dict, run: "Run") -> dict[str, str]:
+    """What made a trained model: hashes of the training code, the training settings as asked for, the run's data
+    and the task. Written into model/fingerprint.json after training; `Run.model_matches` compares it with now."""
+    return {"code": code_hash(), "settings": _sha(json.dumps(settings, sort_keys=True, default=str).encode()),
+            "data": data_hash(run), "task": _sha(json.dumps(task.fingerprint(), sort_keys=True).encode())}
 
 
 def _read_optional(path: Path) -> dict | None:

@@ -315,6 +315,7 @@ def test_eval_writes_reports_and_compares_with_the_base(full_report):
         assert all(v is None or 0.0 <= v <= 1.0 for v in metrics.values())
         assert metrics["json_valid"] >= metrics["schema_valid"] >= metrics["exact_match"]
     assert report["models"]["base"]["source"].endswith("tiny_base")  # the untrained tiny model of the run
+    assert ft["field.tool"] > base["field.tool"] + 0.2 and ft["exact_match"] > base["exact_match"]  # tuning helped
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 56 and {r["model"] for r in rows} == {"finetuned", "base"}
     wrong = sum(not r["exact"] for r in rows if r["model"] == "finetuned")
@@ -434,3 +435,36 @@ def test_compare_teacher_scores_the_llm_teacher_beside_the_model(trained_run, fa
     assert teacher["metrics"]["json_valid"] == 1.0 and teacher["metrics"]["schema_valid"] == pytest.approx(6 / 8)
     assert teacher["metrics"]["exact_match"] == pytest.approx(6 / 8)
     assert fake_openai.counts["/v1/chat/completions"] == 8  # one labelling call per gold input
+    ft, base = report["metrics"], report["models"]["base"]["metrics"]  # --compare teacher scores the base too
+    expected = (ft["field.tool"] - base["field.tool"]) / (teacher["metrics"]["field.tool"] - base["field.tool"])
+    assert ft["gap_closed.field.tool"] == pytest.approx(expected) and "gap_closed" in ft
+    reached = min(1.0, max(0.0, floor3(ft["gap_closed"])))  # the teacher's labels are cached: no new calls
+    gated = eval_cli("--run", trained_run, "--out", tmp_path / "g", "--limit", "8", "--compare", "teacher",
+                     "--min", f"gap_closed={reached}")
+    assert gated.exit_code == 0 and "gate passed" in gated.output and fake_openai.counts["/v1/chat/completions"] == 8
+
+
+# ---- the teacher-relative gate --------------------------------------------------------------------------------
+
+def test_gap_closed_per_field_and_overall():
+    from schemabuild.evaluate.gate import gap_closed
+
+    tuned = {"exact_match": 0.8, "field.tool": 0.9, "field.query": 0.7, "field.query.token_f1": 0.8}
+    base = {"exact_match": 0.1, "field.tool": 0.5, "field.query": 0.7}
+    teacher = {"exact_match": 0.9, "field.tool": 1.0, "field.query": 0.7}
+    gap = gap_closed(tuned, base, teacher)
+    assert gap["gap_closed.field.tool"] == pytest.approx(0.8)  # (0.9 - 0.5) / (1.0 - 0.5)
+    assert gap["gap_closed.field.query"] == 1.0  # no gap to close, and the tuned model is at the teacher
+    assert gap["gap_closed"] == pytest.approx((0.8 - 0.6) / (0.85 - 0.6))  # on the mean field accuracy
+    assert "gap_closed.field.query.token_f1" not in gap
+    assert gap_closed({"field.tool": 0.4}, {"field.tool": 0.5}, {"field.tool": 0.5})["gap_closed.field.tool"] == 0.0
+
+
+def test_gap_closed_gate_needs_the_teacher():
+    with pytest.raises(ConfigError, match="--min gap_closed: gap_closed is measured against the teacher; add --compare teacher"):
+        EvalConfig(min=["gap_closed=0.95"])
+    assert EvalConfig(compare=["teacher"], min=["gap_closed=0.95"]).compare == ["base", "teacher"]
+    [fail] = check_gate({"field.tool": 1.0}, {"gap_closed": 0.95})
+    assert fail == "FAIL --min gap_closed=0.95: the report has no teacher comparison (needs --compare teacher with a teacher configured, and the base)"
+    assert check_gate({"gap_closed": 0.97}, {"gap_closed": 0.95}) == []
+    assert check_gate({"gap_closed": 0.9}, {"gap_closed": 0.95}) == ["FAIL gap_closed = 0.900 < 0.95 (--min)"]

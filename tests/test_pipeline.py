@@ -28,7 +28,7 @@ def trained_calls(monkeypatch):
     """`pipeline.train_run` replaced by a recorder: the flow runs, nothing is trained."""
     calls = []
 
-    def fake_train_run(task, run_dir, cfg):
+    def fake_train_run(task, run_dir, cfg, validator=None):
         calls.append(Run(run_dir))
         return Run(run_dir).model
 
@@ -115,3 +115,42 @@ def test_torchrun_trains_the_latest_custom_synth(tool_picker, tmp_path):
     assert resolved["world_size"] == 2 and resolved["n"] is None
     assert json.loads((run_dir / "model" / "train_summary.json").read_text())["global_step"] == 2
     assert load_contract(run_dir / "model")["base_model"] == "tiny"
+
+
+def test_fingerprint_names_code_settings_data_and_task(tool_picker, monkeypatch):
+    import schemabuild.runs as runs
+
+    assert CliRunner().invoke(main, ["synth", "tool_picker", "--n", "30"]).exit_code == 0
+    run = Run(latest_run("tool_picker"))
+    settings = pipeline.training_settings(PipelineConfig(eval=False))
+    fp = runs.training_fingerprint(tool_picker, settings, run)
+    assert set(fp) == {"code", "settings", "data", "task"} and fp == runs.training_fingerprint(tool_picker, settings, run)
+    assert settings == pipeline.training_settings(PipelineConfig(eval=True, logging_steps=3))  # not training settings
+    other = runs.training_fingerprint(tool_picker, pipeline.training_settings(PipelineConfig(lr=5e-4)), run)
+    assert other["settings"] != fp["settings"] and other["code"] == fp["code"]
+    monkeypatch.setattr(runs, "TRAINING_CODE", ("train",))
+    assert runs.code_hash() != fp["code"]
+
+
+@pytest.mark.slow
+def test_eval_gate_retrains_when_the_code_that_made_the_run_changed(tool_picker, monkeypatch, capsys):
+    """ensure_run (the eval gate's fixture) reuses a run made by the code, settings and data there are now, and trains
+    a new one when any of them differs: here the training code's hash."""
+    import schemabuild.runs as runs
+    from schemabuild.pipeline import ensure_run
+
+    tiny = dict(base="tiny", n=40, epochs=1, batch_size=8, device="cpu", save_steps=10_000)
+    first = ensure_run(tool_picker, **tiny)
+    fp = read_json(Run(first).fingerprint_file)
+    assert fp == runs.training_fingerprint(tool_picker, pipeline.training_settings(PipelineConfig(eval=False, **tiny)),
+                                           Run(first))
+    assert ensure_run(tool_picker, **tiny) == first  # nothing changed: reused
+    assert ensure_run(tool_picker, **{**tiny, "lr": 2e-3}) != first  # other settings: trained again
+    latest = latest_run("tool_picker")
+    real = runs.code_hash()
+    monkeypatch.setattr(runs, "code_hash", lambda: "edited" + real[6:])
+    capsys.readouterr()
+    again = ensure_run(tool_picker, **{**tiny, "lr": 2e-3})
+    assert again != latest and Run(again).is_trained()
+    assert f"{latest} is stale (code changed); training one" in capsys.readouterr().out
+    assert read_json(Run(again).fingerprint_file)["code"] == "edited" + real[6:]

@@ -64,24 +64,34 @@ def test_refine_round_on_a_tiny_run(trained_run, tool_picker, tmp_path):
     from schemabuild.refine import refine
     from schemabuild.train import TrainConfig
 
+    from schemabuild.contract import chat_row
+    from schemabuild.runs import read_jsonl, write_jsonl
+
     run_dir = tmp_path / "runs" / "tool_picker" / "r"
     shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("checkpoints", "eval"))
+    # A weak spot by construction: validation rows of other tools relabelled timer.set (the model answers their own
+    # tool), so timer.set's recall on the validation split is below 1 whatever the model learned.
+    val = [split_chat_row(r) for r in read_jsonl(run_dir / "data" / "val.jsonl")]
+    relabelled = [chat_row(tool_picker, text, {"tool": "timer.set", "query": json.loads(target)["query"] or "5 min"})
+                  for _, text, target in val if json.loads(target)["tool"] != "timer.set"]
+    assert len(relabelled) >= 3
+    write_jsonl(run_dir / "data" / "val.jsonl", relabelled)
     train_before = (run_dir / "data" / "train.jsonl").read_text()
     weights_before = (run_dir / "model" / "model.safetensors").read_bytes()
-    cfg = TrainConfig(base="tiny", device="cpu", save_steps=10_000, max_steps=30)
+    cfg = TrainConfig(base="tiny", device="cpu", save_steps=10_000, max_steps=30, epochs=8)
     report = refine(tool_picker, run_dir, cfg, rounds=1, per_round=24)
 
     [entry] = report["rounds"]
     assert (run_dir / "refine" / "report.json").is_file()
     assert (run_dir / "refine" / "round-1" / "before" / "report.json").is_file()
-    if not entry["weak"]:
-        pytest.skip("the tiny model is already perfect on the validation split")
+    assert ("tool", "timer.set") in {(w["path"], w["value"]) for w in entry["weak"]}
+    assert entry["before"]["field.tool"] < 1.0
     assert entry["added"] > 0 and entry["teacher"] == "offline"
     added = (run_dir / "refine" / "round-1" / "added.jsonl").read_text()
     assert len(added.splitlines()) == entry["added"]
     weak_values = {w["value"] for w in entry["weak"] if w["path"] == "tool" and w["value"]}
-    if weak_values:  # the new pairs aim at the weak tools only
-        assert {json.loads(split_chat_row(json.loads(x))[2])["tool"] for x in added.splitlines()} <= weak_values
+    assert "timer.set" in weak_values  # the new pairs aim at the weak tools only
+    assert {json.loads(split_chat_row(json.loads(x))[2])["tool"] for x in added.splitlines()} <= weak_values
     assert set(entry["after"]) == set(entry["before"]) and "field.tool" in entry["after"]
     assert "field.tool" in report["table"] and "before" in report["table"]
     train_after = (run_dir / "data" / "train.jsonl").read_text()

@@ -446,3 +446,86 @@ def test_lora_layers_adapts_only_the_top_layers(tiny_model_dir):
     assert set(top.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     with pytest.raises(ConfigError, match=f"--lora-layers {n + 1}: the model has {n} layers"):
         lora_config(model, TrainConfig(lora_layers=n + 1), 16, 32)
+
+
+# ---- precision and training length by measurement --------------------------------------------------------------
+
+def test_precision_comes_from_the_cpu_flags_and_is_announced(monkeypatch):
+    from schemabuild.train import fit
+
+    monkeypatch.setattr(fit, "cpu_flags", lambda: {"fma", "avx2"})
+    assert fit.choose_precision(TrainConfig(), "cpu") == ("fp32", "this CPU has no bf16: avx2")
+    monkeypatch.setattr(fit, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
+    assert fit.choose_precision(TrainConfig(), "cpu") == ("bf16", "CPU autocast: amx_bf16, avx512_bf16")
+    assert fit.choose_precision(TrainConfig(precision="fp32"), "cpu") == ("fp32", "--precision fp32")
+    with pytest.raises(ConfigError, match="--precision"):
+        TrainConfig(precision="fp8")
+
+
+def test_length_plan_is_fixed_by_epochs_or_measured_on_the_validation_rows():
+    from types import SimpleNamespace
+
+    from schemabuild.train.length import plan_length
+
+    val = SimpleNamespace(texts=["a"] * 8)
+    fixed = plan_length(TrainConfig(epochs=2), "lora", 1.0, 100, 8, val)
+    assert (fixed.measured, fixed.epochs, fixed.steps_per_epoch) == (False, 2, 13)
+    blind = plan_length(TrainConfig(), "lora", 1.0, 100, 8, None)
+    assert (blind.measured, blind.epochs) == (False, 1.0) and "no validation split" in blind.why
+    m = plan_length(TrainConfig(), "lora", 1.0, 100, 8, val)  # on CPU at most one epoch, on a GPU three
+    assert (m.measured, m.epochs, m.min_steps, m.val_every, m.patience) == (True, 1.0, 7, 3, 2)
+    assert plan_length(TrainConfig(), "lora", 1.0, 100, 8, val, device="cuda").epochs == 3.0
+    own = plan_length(TrainConfig(min_epochs=1, max_epochs=2, val_every=5, patience=1), "tiny", 8.0, 100, 8, val)
+    assert (own.epochs, own.min_steps, own.val_every, own.patience) == (2, 13, 5, 1)
+    with pytest.raises(ConfigError, match="--epochs fixes the length"):
+        TrainConfig(epochs=1, max_epochs=2)
+    with pytest.raises(ConfigError, match="--min-epochs 3 is above --max-epochs 2"):
+        TrainConfig(min_epochs=3, max_epochs=2)
+
+
+class ScriptedScores:
+    """A Validator whose scores are scripted (the answers themselves come from the real decoder, and are kept)."""
+
+    def __init__(self, texts, scores):
+        self.texts, self.scores, self.answers = texts, list(scores), []
+
+    def __call__(self, answers):
+        self.answers.append([a.text for a in answers])
+        s = self.scores[len(self.answers) - 1]
+        return {"fields": {"tool": s, "query": s}, "exact_match": 0.0}
+
+
+@pytest.mark.slow
+def test_measured_length_stops_after_the_patience_and_keeps_the_best_weights(tool_picker, tmp_path, capsys):
+    """Scores 0.25, 0.75, 0.5, 0.5 every 2 steps, patience 2: training stops at step 8 and saves the weights of
+    step 4, which answer the validation rows exactly as they did when measured at step 4."""
+    from schemabuild.contract import split_chat_row
+    from schemabuild.predictor import Predictor
+    from schemabuild.runs import read_jsonl
+
+    run_dir = write_offline_run(tool_picker, tmp_path / "runs", copies=2)
+    texts = [split_chat_row(r)[1] for r in read_jsonl(run_dir / "data" / "val.jsonl")][:4]
+    scorer = ScriptedScores(texts, [0.25, 0.75, 0.5, 0.5, 0.9, 0.9])
+    cfg = TrainConfig(base="tiny", device="cpu", batch_size=4, val_every=2, patience=2, min_epochs=0.01,
+                      max_epochs=4, save_steps=10_000, logging_steps=1, lr=3e-3)
+    train_run(tool_picker, run_dir, cfg, validator=scorer)
+    out = capsys.readouterr().out
+    assert "precision: fp32" in out and "length: measured" in out and "stopping: no gain in 2 measurements" in out
+    summary = json.loads((run_dir / "model" / "train_summary.json").read_text())
+    assert summary["global_step"] == 8 and summary["best_step"] == 4 and summary["length"] == "measured"
+    assert [p["step"] for p in summary["curve"]] == [2, 4, 6, 8]
+    assert [p["val_score"] for p in summary["curve"]] == [0.25, 0.75, 0.5, 0.5]
+    logged = [json.loads(x) for x in (run_dir / "model" / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in logged if "val" in e] == [2, 4, 6, 8] and any("loss" in e for e in logged)
+    predictor = Predictor.from_model_dir(tool_picker, run_dir / "model", device="cpu")
+    assert [p.text for p in predictor.predict_many(texts, progress=False)] == scorer.answers[1]
+    assert scorer.answers[1] != scorer.answers[0]  # the weights did change between measurements
+
+
+@pytest.mark.slow
+def test_epochs_fixes_the_length_without_measuring(tool_picker, tmp_path):
+    run_dir = write_offline_run(tool_picker, tmp_path / "runs", copies=1)
+    scorer = ScriptedScores(["play jazz"], [1.0])
+    train_run(tool_picker, run_dir, TrainConfig(**QUICK, base="tiny", epochs=1), validator=scorer)
+    summary = json.loads((run_dir / "model" / "train_summary.json").read_text())
+    assert summary["length"] == "fixed" and summary["curve"] == [] and scorer.answers == []

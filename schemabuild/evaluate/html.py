@@ -92,6 +92,63 @@ def svg_histogram(values: list[float], title: str, bins: int = 20) -> str:
     return "".join(out)
 
 
+def svg_lines(series: dict[str, list], title: str, y_max: float | None = None, mark_x: float | None = None) -> str:
+    """A line chart of named [(x, y), ...] series on shared axes (y from 0 to `y_max`, else the largest y)."""
+    points = [p for pts in series.values() for p in pts]
+    if not points:
+        return ""
+    w, h, left, bottom, top = 420, 150, 40, 24, 22
+    x_hi = max(x for x, _ in points) or 1
+    y_hi = y_max if y_max is not None else (max(y for _, y in points) or 1)
+    def xy(x, y):
+        return left + x / x_hi * w, top + h - min(max(y, 0), y_hi) / y_hi * h
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="curve" width="{w + left + 110}" height="{h + top + bottom}" '
+           f'role="img" aria-label="{html.escape(title)}">',
+           f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="#999"/>'
+           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="#999"/>'
+           f'<text x="{left - 4}" y="{top + 4}" font-size="10" text-anchor="end">{y_hi:.2g}</text>'
+           f'<text x="{left - 4}" y="{top + h}" font-size="10" text-anchor="end">0</text>'
+           f'<text x="{left + w}" y="{top + h + 16}" font-size="10" text-anchor="end">step {x_hi:g}</text>']
+    if mark_x is not None:
+        x, _ = xy(mark_x, 0)
+        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + h}" stroke="#10b981" stroke-dasharray="4 3">'
+                   f'<title>kept: step {mark_x:g}</title></line>')
+    for j, (name, pts) in enumerate(series.items()):
+        color = PALETTE[j % len(PALETTE)]
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(*p) for p in pts))
+        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{path}"><title>{html.escape(name)}'
+                   f'</title></polyline>' + "".join(f'<circle cx="{xy(*p)[0]:.1f}" cy="{xy(*p)[1]:.1f}" r="2" fill="{color}">'
+                                                    f'<title>{html.escape(name)} step {p[0]}: {p[1]:.3f}</title></circle>'
+                                                    for p in pts if len(pts) < 60))
+        out.append(f'<text x="{left + w + 8}" y="{top + 10 + 13 * j}" font-size="10" fill="{color}">{html.escape(name)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def training_section(training: dict) -> list[str]:
+    """report.html's training curve: loss per logging step, validation accuracy per field per measurement."""
+    esc = html.escape
+    val = training.get("val") or []
+    how = {"measured": "measured (until validation accuracy stopped improving)", "fixed": "fixed (--epochs)"}
+    body = [f"<h2>Training curve</h2><p>Length {esc(how.get(training.get('length'), str(training.get('length'))))}: "
+            f"{training.get('global_step')} steps"
+            + (f", weights kept from step {training['best_step']}" if training.get("best_step") is not None else "")
+            + (f"; stopped: {esc(training['stopped'])}" if training.get("stopped") else "") + ".</p>"]
+    if training.get("loss"):
+        body.append(svg_lines({"train loss": training["loss"]}, "training loss"))
+    if val:
+        fields = list(val[0]["val_fields"])
+        series = {f: [[p["step"], p["val_fields"][f]] for p in val if p["val_fields"].get(f) is not None] for f in fields}
+        series["exact match"] = [[p["step"], p["val_exact"]] for p in val if p.get("val_exact") is not None]
+        body.append(svg_lines(series, "validation accuracy per field", y_max=1.0, mark_x=training.get("best_step")))
+        head = "".join(f"<th>{esc(f)}</th>" for f in fields)
+        rows = "".join(f"<tr><td>{p['step']}</td><td>{p['epoch']}</td><td>{fmt_value(p.get('loss'))}</td>"
+                       + "".join(f"<td>{fmt_value(p['val_fields'].get(f))}</td>" for f in fields)
+                       + f"<td>{fmt_value(p.get('val_exact'))}</td></tr>" for p in val)
+        body.append(f"<table class=curve><tr><th>step</th><th>epoch</th><th>loss</th>{head}<th>exact</th></tr>{rows}</table>")
+    return body
+
+
 def render_html(report: dict) -> str:
     """report.html: a standalone page (inline SVG, no external files) with the plots and the markdown tables."""
     esc = html.escape
@@ -105,6 +162,8 @@ def render_html(report: dict) -> str:
         body.append(f"<h2>Gate: <span class={status}>{status}</span></h2><ul>"
                     + "".join(f"<li><code>{esc(f)}</code></li>" for f in gate["failures"]) + "</ul>")
     body += ["<h2>Accuracy per field and model</h2>", svg_bars(report)]
+    if report.get("training"):
+        body += training_section(report["training"])
     for m, sec in report["models"].items():
         for path, f in sec["fields"].items():
             if "confusion" in f:

@@ -64,6 +64,8 @@ class Report(TypedDict, total=False):
     gate: Gate
     notes: list[str]
     out: str
+    training: dict[str, Any]
+    """The run's training curve (loss per logging step, validation accuracy per field per measurement)."""
     skipped: str
 
 

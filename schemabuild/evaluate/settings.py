@@ -22,7 +22,8 @@ class EvalConfig:
     data: Path | None = None
     """Gold set (JSONL of {"input", "output"} rows) [default: evals/<task>.jsonl beside the tasks folder]."""
     compare: list[str] = dataclasses.field(default_factory=list)
-    """Also score `base` (the un-fine-tuned base model) or `teacher` (the synthesis teacher) on the same rows."""
+    """Also score `base` (the un-fine-tuned base model) or `teacher` (the synthesis teacher; the base is then scored
+    too, and `gap_closed` = (tuned - base) / (teacher - base) is reported per field and overall) on the same rows."""
     min: list[str] = dataclasses.field(default_factory=list)
     """Gate threshold METRIC=VALUE, e.g. json_valid=1.0, schema_valid=1.0, field.tool=0.9, exact_match=0.5."""
     baseline: Path | None = None
@@ -46,6 +47,11 @@ class EvalConfig:
             if name not in COMPARE_WITH:
                 raise ConfigError(f"--compare {name}: expected one of {', '.join(COMPARE_WITH)}")
         self.thresholds = parse_min(self.min)
+        gap = [k for k in self.thresholds if k.split(".")[0] == "gap_closed"]
+        if gap and "teacher" not in self.compare:
+            raise ConfigError(f"--min {gap[0]}: gap_closed is measured against the teacher; add --compare teacher")
+        if "teacher" in self.compare and "base" not in self.compare:
+            self.compare.insert(0, "base")  # gap_closed = (tuned - base) / (teacher - base) needs the base too
         if self.tolerance is None or not self.tolerance >= 0:
             raise ConfigError(f"--tolerance {self.tolerance}: must be >= 0")
         if self.batch_size < 1:

@@ -7,13 +7,14 @@ report.md, report.html with inline SVG plots, predictions.jsonl) → gate (exit 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as _dt
 import json
 from pathlib import Path
 
 from schemabuild.contract import load_contract, split_chat_row
 from schemabuild.errors import ConfigError, TaskError
-from schemabuild.evaluate.gate import check_gate
+from schemabuild.evaluate.gate import check_gate, gap_closed
 from schemabuild.evaluate.html import render_html
 from schemabuild.evaluate.markdown import format_summary, render_markdown
 from schemabuild.evaluate.scoring import PRIMARY, as_answer, score
@@ -124,6 +125,9 @@ def evaluate(task: Task, cfg: EvalConfig, runs_dir=None, quiet: bool = False) ->
             continue
         models[other] = score(task, examples, answers, other, source)
 
+    if "teacher" in models and "base" in models:
+        models[PRIMARY]["metrics"].update(gap_closed(models[PRIMARY]["metrics"], models["base"]["metrics"],
+                                                     models["teacher"]["metrics"]))
     failures = check_gate(models[PRIMARY]["metrics"], cfg.thresholds, baseline, cfg.tolerance,
                           str(cfg.baseline) if cfg.baseline else "baseline")
     report = {
@@ -140,10 +144,28 @@ def evaluate(task: Task, cfg: EvalConfig, runs_dir=None, quiet: bool = False) ->
         "notes": notes,
         "out": str(out),
     }
+    curve = training_curve(run_dir)
+    if curve:
+        report["training"] = curve
 
     # save
     write_reports(report, out)
     return report
+
+
+def training_curve(run_dir) -> dict | None:
+    """The run's training curve for the report: loss per logging step and validation accuracy per field per
+    measurement (from model/train_log.jsonl and train_summary.json); None when the run has neither."""
+    run = Run(run_dir)
+    summary = read_json(run.train_summary) if run.train_summary.is_file() else {}
+    loss = []
+    if run.train_log.is_file():
+        loss = [[e["step"], e["loss"]] for e in read_jsonl(run.train_log) if isinstance(e.get("loss"), (int, float))]
+    if not loss and not summary.get("curve"):
+        return None
+    return {"loss": loss, "val": summary.get("curve", []), "length": summary.get("length"),
+            "best_step": summary.get("best_step"), "stopped": summary.get("stopped"),
+            "global_step": summary.get("global_step")}
 
 
 def write_reports(report: dict, out: Path) -> dict[str, Path]:
@@ -189,6 +211,33 @@ def evaluate_run(task, run_dir, quiet: bool = False, **settings) -> dict:
     if note:
         report["notes"].insert(0, note)
     return report
+
+
+@dataclasses.dataclass
+class ValScorer:
+    """The first rows of a run's validation split and a scorer of answers to them (what training measures its length
+    with: `schemabuild.train.length.Validator`)."""
+
+    task: Task
+    examples: list[Example]
+
+    @property
+    def texts(self) -> list[str]:
+        return [ex.input for ex in self.examples]
+
+    def __call__(self, answers: list) -> dict:
+        """{"fields": {path: accuracy}, "exact_match", "json_valid", "schema_valid"} of one answer per row."""
+        m = score(self.task, self.examples, answers)
+        return {"fields": {path: f["accuracy"] for path, f in m["fields"].items()},
+                **{k: m["metrics"][k] for k in ("exact_match", "json_valid", "schema_valid")}}
+
+
+def val_scorer(task, run_dir, rows: int) -> ValScorer | None:
+    """A ValScorer over the first `rows` rows of `run_dir`'s data/val.jsonl; None when it has none."""
+    val = Run(run_dir).val_file
+    if not val.is_file() or not val.stat().st_size:
+        return None
+    return ValScorer(task, load_rows(task, val)[:rows])
 
 
 def assert_gate(task_name: str, min: dict[str, float] | None = None, run: str | None = None, data=None,

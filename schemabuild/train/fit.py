@@ -46,6 +46,7 @@ from schemabuild.errors import ConfigError, TaskError
 from schemabuild.runs import Run, read_json, write_json
 from schemabuild.train.base import Base, build_tiny_base, resolve_base
 from schemabuild.train.data import MIN_ROWS, load_split
+from schemabuild.train.length import Validator, curve_callback, plan_length
 from schemabuild.train.settings import LORA_DEFAULTS, TINY_DEFAULTS, TrainConfig
 
 # OpenMP threads that spin while waiting make CPU training several times slower on a busy machine (measured 4-5x
@@ -140,8 +141,43 @@ class Plan:
     resume_from: Path | None = None
 
 
-def train_run(task, run_dir: Path, cfg: TrainConfig) -> Path:
-    """Fine-tune on `run_dir/data/` and write `run_dir/model/`; returns the model directory."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+    return set(line.partition(":")[2].split())
+
+
+def choose_precision(cfg: TrainConfig, device: str) -> tuple[str, str]:
+    """("bf16" | "fp32", why): bf16 weights on a CUDA GPU that has it; bf16 autocast on a CPU with native bf16
+    (avx512_bf16 / amx_bf16: a bf16 matmul ran 2x fp32 on such a machine); fp32 elsewhere (on AVX2 alone bf16 is
+    emulated, slower than fp32)."""
+    import torch
+
+    if device == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        if cfg.precision == "bf16" and not ok:
+            raise ConfigError("--precision bf16: this GPU has no bf16")
+        chosen = "fp32" if cfg.precision == "fp32" or not ok else "bf16"
+        return chosen, "GPU" if chosen == "bf16" else ("--precision fp32" if ok else "this GPU has no bf16")
+    flags = cpu_flags()
+    native = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    if cfg.precision != "auto":
+        return cfg.precision, f"--precision {cfg.precision}" + ("" if native or cfg.precision == "fp32" else ", emulated on this CPU")
+    if native:
+        return "bf16", f"CPU autocast: {', '.join(native)}"
+    best = next((f for f in ("avx512f", "avx2", "neon", "asimd") if f in flags), "unknown")
+    return "fp32", f"this CPU has no bf16: {best}"
+
+
+def train_run(task, run_dir: Path, cfg: TrainConfig, validator: Validator | None = None) -> Path:
+    """Fine-tune on `run_dir/data/` and write `run_dir/model/`; returns the model directory.
+
+    `validator` (the validation rows and their scorer, see `length.Validator`) lets the default length be measured;
+    without it, or with --epochs, the length is fixed."""
     import torch
     from transformers import set_seed
 
@@ -159,8 +195,15 @@ def train_run(task, run_dir: Path, cfg: TrainConfig) -> Path:
     val_rows, val_stats = load_split(task, tokenizer, run.dir, "val", cfg.max_length)
     _check_rows(task, run, cfg, train_rows, train_stats, main)
     max_length = cfg.max_length or max(train_stats["longest"], val_stats["longest"])
-    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-    model = _load_weights(plan, cfg, bf16)
+    precision, why = choose_precision(cfg, device)
+    bf16 = precision == "bf16"
+    length = plan_length(cfg, "tiny" if plan.full else "lora", plan.epochs, len(train_rows),
+                         plan.batch_size * cfg.grad_accum * world_size(), validator, device)
+    plan.epochs = length.epochs
+    if main:
+        print(f"precision: {precision} ({why})")
+        print(f"length: {length.why}")
+    model = _load_weights(plan, cfg, bf16 and device == "cuda")  # on CPU: fp32 weights, bf16 autocast
     peft_config = None if plan.full else lora_config(model, cfg, plan.lora_r, plan.lora_alpha)
     args = sft_config(cfg, run.checkpoints, lr=plan.lr, epochs=plan.epochs, batch_size=plan.batch_size,
                       max_length=max_length, device=device, bf16=bf16)
@@ -170,12 +213,19 @@ def train_run(task, run_dir: Path, cfg: TrainConfig) -> Path:
             **resolved(cfg), "lr": plan.lr, "epochs": plan.epochs, "lora_r": plan.lora_r, "lora_alpha": plan.lora_alpha,
             "batch_size": plan.batch_size, "max_length": max_length, "base_arg": plan.base_spec,
             "base": dataclasses.asdict(plan.base), "base_kind": plan.base.kind, "base_model": plan.base.name,
-            "full_training": plan.full, "adapter": not plan.full, "device": device, "precision": "bf16" if bf16 else "fp32",
+            "full_training": plan.full, "adapter": not plan.full, "device": device, "precision": precision,
+            "length": dataclasses.asdict(length),
             "gradient_checkpointing": device == "cuda" and cfg.gradient_checkpointing, "world_size": world_size(),
             "effective_batch": plan.batch_size * cfg.grad_accum * world_size(),
             "train_rows": len(train_rows), "val_rows": len(val_rows), "dropped_long": train_stats["dropped"],
         })
-    trainer = make_trainer(model, tokenizer, args, train_rows, peft_config, [_progress_callback(run.train_log, main)])
+    callbacks = [_progress_callback(run.train_log, main)]
+    curve = None
+    if length.measured:
+        curve = curve_callback(task, tokenizer, _contract(task, tokenizer, plan), validator, length, device,
+                               run.train_log, main)
+        callbacks.append(curve)
+    trainer = make_trainer(model, tokenizer, args, train_rows, peft_config, callbacks)
 
     # run
     if plan.resume_from is not None and main:
@@ -184,6 +234,9 @@ def train_run(task, run_dir: Path, cfg: TrainConfig) -> Path:
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
     seconds = time.perf_counter() - start
+    measured = curve.summary() if curve is not None else {"curve": [], "best_step": None, "stopped": None}
+    if curve is not None and curve.restore_best(trainer.model) and main:
+        print(f"kept the best weights: step {measured['best_step']} (validation {measured['best_val_score']:.3f})")
     val_loss = _val_loss(trainer, val_rows)
 
     # save
@@ -193,7 +246,8 @@ def train_run(task, run_dir: Path, cfg: TrainConfig) -> Path:
             "val_loss": val_loss, "seconds": round(seconds, 2), "train_rows": len(train_rows),
             "resumed_from": plan.resume_from.name if plan.resume_from else None,
             "base_model": "tiny" if plan.full else plan.base.name, "full_training": plan.full, "device": device,
-            "precision": "bf16" if bf16 else "fp32"}, main)
+            "precision": precision, "length": "measured" if length.measured else "fixed", **measured,
+            "seconds_per_step": round(seconds / max(1, trainer.state.global_step - _start_step(plan)), 3)}, main)
     if world_size() > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return run.model
@@ -303,16 +357,27 @@ def _save(task, run: Run, trainer, tokenizer, plan: Plan, summary: dict, main: b
     trainer.save_model(str(run.model))
     (run.model / "training_args.bin").unlink(missing_ok=True)  # a pickle: model/ holds safetensors and JSON only
     tokenizer.save_pretrained(str(run.model))
-    full = plan.full
-    save_contract(build_contract(task, tokenizer, base_model=summary["base_model"], adapter=not full,
-                                 lora_r=None if full else plan.lora_r, base_path=None if full else plan.base.where,
-                                 base_source=plan.base.source, base_sha256=plan.base.sha256,
-                                 training="full" if full else "lora"), run.model)
+    save_contract(_contract(task, tokenizer, plan), run.model)
     write_json(run.train_summary, summary)
     if main:
         vl = f", val loss {summary['val_loss']:.4f}" if summary["val_loss"] is not None else ""
         print(f"trained {summary['global_step']} steps in {summary['seconds']:.0f}s: train loss "
               f"{summary['train_loss']:.4f}{vl} → {run.model}")
+
+
+def _contract(task, tokenizer, plan: Plan) -> dict:
+    """The contract the trained model is saved with (and measured through while it trains)."""
+    full = plan.full
+    return build_contract(task, tokenizer, base_model="tiny" if full else plan.base.name, adapter=not full,
+                          lora_r=None if full else plan.lora_r, base_path=None if full else plan.base.where,
+                          base_source=plan.base.source, base_sha256=plan.base.sha256,
+                          training="full" if full else "lora")
+
+
+def _start_step(plan: Plan) -> int:
+    if plan.resume_from is None:
+        return 0
+    return read_json(plan.resume_from / "trainer_state.json")["global_step"]
 
 
 def lora_config(model, cfg: TrainConfig, r: int, alpha: int):

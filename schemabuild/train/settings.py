@@ -17,6 +17,23 @@ TINY_DEFAULTS = {"lr": 1e-3, "epochs": 8.0, "batch_size": 8}
 # All layers: at the same steps, LoRA on the top half only was 1.19x faster per step on CPU but scored lower
 # (dev tool 0.875 vs 0.94, query token-F1 0.78 vs 0.87), so the default adapts them all.
 LORA_DEFAULTS = {"lr": 1e-3, "epochs": 1.0, "batch_size": 8, "lora_r": 16, "layers_fraction": 1.0}
+# How long the default trains (no --epochs): until the task's own per-field accuracy on the validation split stops
+# improving, measured with constrained decoding through the contract every `val_every` of an epoch on the first
+# `val_rows` rows of data/val.jsonl; the best adapter is kept; it stops `patience` evaluations after the last gain
+# (or at once when every field is right), never before `min_epochs` nor after `max_epochs` (the learning-rate schedule
+# is planned over max_epochs). Measured (BENCHMARKS.md "Training length by measurement", bench/main_job.py):
+# tool_picker, 800 offline rows, SmolLM2-135M LoRA, schedule over 3 epochs: validation tool / query / exact
+# 0.56 / 0.67 / 0.48 at a quarter epoch, 0.96 / 0.88 / 0.88 at half an epoch, still rising after; so no stop before
+# half an epoch. On 2 CPU cores a step costs ~6 s idle (3 epochs = 273 steps = ~27 min), so the CPU maximum is the one
+# epoch whose chain was measured at 10.5-11.75 min; a GPU step is cheap, so it trains up to 3 epochs (the issue's
+# order task: 3 epochs scored 1.000 exact where 1 epoch scored 0.867). Each measurement of 48 rows costs ~4 steps.
+# The tiny base (random weights, trained fully): 8 epochs matched 12 on gold (above), so 4-8.
+LENGTH_DEFAULTS = {
+    "lora": {"min_epochs": 0.5, "max_epochs": {"cpu": 1.0, "cuda": 3.0}, "val_every": 0.25, "patience": 2},
+    "tiny": {"min_epochs": 4.0, "max_epochs": {"cpu": 8.0, "cuda": 8.0}, "val_every": 1.0, "patience": 2},
+}
+VAL_ROWS = 48
+"""Validation rows decoded at each measurement (the first of data/val.jsonl): ~1-2 s per row-batch on 2 CPU cores."""
 # A near-byte-level tokenizer for the tiny base: every word, seen in training or not, is made of pieces the model
 # was trained on, so it learns to copy and to read unseen words (gold tool accuracy 0.66 at 512, 0.82-0.91 at 384).
 TINY_VOCAB = 384
@@ -30,7 +47,23 @@ class TrainConfig:
     """Base model: `auto` (Qwen2.5-0.5B-Instruct when it can be had, else SmolLM2-135M-Instruct from the package
     registry, else tiny), a registry name (smollm2-135m), a hub id, a model folder, a .gguf file, or `tiny`."""
     epochs: float | None = None
-    """Training epochs [default: 1 with LoRA, 8 for the tiny base]."""
+    """Training epochs, a fixed length [default: measured: until per-field validation accuracy stops improving,
+    within --min-epochs/--max-epochs]."""
+    min_epochs: float | None = None
+    """Measured length: never stop before this many epochs [default: 0.5 with LoRA, 4 for the tiny base]."""
+    max_epochs: float | None = None
+    """Measured length: never train longer (the schedule is planned over it) [default: LoRA 1 on CPU, 3 on GPU;
+    8 for the tiny base]."""
+    val_every: int | None = None
+    """Measured length: optimizer steps between validation measurements [default: a quarter epoch with LoRA, one
+    epoch for the tiny base]."""
+    val_rows: int = VAL_ROWS
+    """Measured length: validation rows decoded per measurement (the first of data/val.jsonl)."""
+    patience: int | None = None
+    """Measured length: stop after this many measurements without a gain [default: 2]."""
+    precision: str = "auto"
+    """auto (bf16 on a CUDA GPU that has it, bf16 autocast on a CPU with avx512_bf16/amx_bf16, else fp32), fp32 or
+    bf16."""
     lr: float | None = None
     """Peak learning rate [default: 1e-3, LoRA and the tiny base's full training alike]."""
     lora_r: int | None = None
@@ -85,6 +118,17 @@ class TrainConfig:
             raise ConfigError("--base: give a hub id, a local path, `tiny` or `auto`")
         if self.epochs is not None and not self.epochs > 0:
             raise ConfigError(f"--epochs: must be > 0, got {self.epochs}")
+        for name in ("min_epochs", "max_epochs"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')}: must be > 0, got {getattr(self, name)}")
+        if self.min_epochs is not None and self.max_epochs is not None and self.min_epochs > self.max_epochs:
+            raise ConfigError(f"--min-epochs {self.min_epochs} is above --max-epochs {self.max_epochs}")
+        if self.epochs is not None and (self.min_epochs is not None or self.max_epochs is not None):
+            raise ConfigError("--epochs fixes the length: drop --min-epochs/--max-epochs, or drop --epochs to measure it")
+        if self.val_rows < 1:
+            raise ConfigError(f"--val-rows: must be >= 1, got {self.val_rows}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"--precision: one of auto, fp32, bf16; got {self.precision!r}")
         if self.lr is not None and not 0 < self.lr < 1:
             raise ConfigError(f"--lr: must be in (0, 1), got {self.lr}")
         if self.lora_r is not None and not 1 <= self.lora_r <= MAX_LORA_RANK:
@@ -97,7 +141,7 @@ class TrainConfig:
             raise ConfigError(f"--lora-layers: must be >= 0 (0 = all layers), got {self.lora_layers}")
         if not self.lora_targets.strip():
             raise ConfigError("--lora-targets: give `all-linear` or module names such as q_proj,v_proj")
-        for name in ("batch_size", "grad_accum", "save_steps", "logging_steps"):
+        for name in ("batch_size", "grad_accum", "save_steps", "logging_steps", "val_every", "patience"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
         if self.max_length is not None and self.max_length < 8:

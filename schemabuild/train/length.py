@@ -1,0 +1,175 @@
+"""Training length by measurement: validation accuracy per field during training, the best weights kept, an early stop.
+
+Without `--epochs`, a run trains until the task's own per-field accuracy on (the first rows of) the validation split
+stops improving: every `val_every` steps the model in training decodes those rows through the contract (the same
+`Predictor` and constrained decoder as eval and serving; the scoring comes from the caller, see `Validator`), the
+mean field accuracy is compared with the best so far, the best weights are kept in memory, and training stops
+`patience` measurements after the last gain, or at once when every field is right, but never before `min_epochs`.
+The learning-rate schedule is planned over `max_epochs`. At the end the best weights are put back before saving.
+
+Under a launcher every process measures the same rows with the same weights, so all of them stop at the same step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Protocol
+
+from schemabuild.predictor import Predictor
+from schemabuild.train.settings import LENGTH_DEFAULTS, TrainConfig
+
+
+class Validator(Protocol):
+    """What the trainer needs to measure: the validation inputs, and a scorer of answers to them."""
+
+    texts: list[str]
+
+    def __call__(self, answers: list) -> dict[str, Any]:
+        """{"fields": {path: accuracy}, "exact_match": float, ...} for one answer per text."""
+        ...
+
+
+@dataclasses.dataclass
+class LengthPlan:
+    """How long a training runs: fixed (`--epochs`) or measured (no --epochs and a validation split to measure on)."""
+
+    measured: bool
+    epochs: float
+    """The epochs the trainer (and its learning-rate schedule) plans: --epochs, or the measured length's maximum."""
+    steps_per_epoch: int
+    min_steps: int = 0
+    val_every: int = 0
+    patience: int = 0
+    why: str = ""
+    """One line: how the length is decided."""
+
+
+def plan_length(cfg: TrainConfig, kind: str, fixed_default: float, rows: int, per_step: int,
+                validator: Validator | None, device: str = "cpu") -> LengthPlan:
+    """The length plan for `rows` training rows at `per_step` rows per optimizer step (`kind`: "lora" or "tiny")."""
+    steps_per_epoch = max(1, math.ceil(rows / per_step))
+    if cfg.epochs is not None:
+        return LengthPlan(False, cfg.epochs, steps_per_epoch, why=f"{cfg.epochs:g} epochs (--epochs)")
+    if validator is None or not validator.texts:
+        return LengthPlan(False, fixed_default, steps_per_epoch,
+                          why=f"{fixed_default:g} epochs (no validation split to measure the length on)")
+    d = LENGTH_DEFAULTS[kind]
+    longest = d["max_epochs"]["cuda" if device == "cuda" else "cpu"]
+    max_epochs = cfg.max_epochs if cfg.max_epochs is not None else max(longest, cfg.min_epochs or 0)
+    min_epochs = min(cfg.min_epochs if cfg.min_epochs is not None else d["min_epochs"], max_epochs)
+    val_every = cfg.val_every or max(1, round(steps_per_epoch * d["val_every"]))
+    patience = cfg.patience or d["patience"]
+    min_steps = math.ceil(min_epochs * steps_per_epoch)
+    why = (f"measured: until validation accuracy stops improving ({len(validator.texts)} val rows every {val_every} "
+           f"steps, patience {patience}; {min_epochs:g}-{max_epochs:g} epochs of {steps_per_epoch} steps)")
+    return LengthPlan(True, max_epochs, steps_per_epoch, min_steps, val_every, patience, why)
+
+
+def mean_accuracy(measure: dict) -> float:
+    """The one number a measurement is judged by: the mean accuracy over the task's fields."""
+    values = [v for v in measure["fields"].values() if v is not None]
+    return sum(values) / len(values) if values else 0.0
+
+
+def stop_reason(point: dict, since_best: int, best_step: int, patience: int) -> str | None:
+    """Why training stops after this measurement (past the minimum length), or None to go on."""
+    if point["perfect"]:
+        return f"every validation field right at step {point['step']}"
+    if since_best >= patience:
+        return f"no gain in {patience} measurements since step {best_step}"
+    return None
+
+
+def log_point(point: dict, gain: bool, log_path: Path) -> None:
+    """One progress line per measurement, and its line in train_log.jsonl."""
+    fields = "  ".join(f"{k} {v:.3f}" for k, v in point["val_fields"].items() if v is not None)
+    print(f"val step {point['step']}: {fields}  exact {point['val_exact'] or 0:.3f}"
+          f"{'  (best)' if gain else ''}  [{point['seconds']:.0f}s]", flush=True)
+    with log_path.open("a") as f:
+        f.write(json.dumps({"step": point["step"], "epoch": point["epoch"], "val": point}) + "\n")
+
+
+def curve_callback(task, tokenizer, contract: dict, validator: Validator, plan: LengthPlan, device: str,
+                   log_path: Path, main: bool):
+    """The TrainerCallback that measures, keeps the best weights and stops; `.summary()` and `.restore_best(model)`
+    after training."""
+    from transformers import TrainerCallback
+
+    class Curve(TrainerCallback):
+        def __init__(self):
+            self.points: list[dict] = []
+            self.best: dict | None = None
+            self.best_score = 0.0
+            self.best_weights: dict | None = None
+            self.since_best = 0
+            self.stopped: str | None = None
+            self.last_loss: float | None = None
+            self.predictor = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.last_loss = logs["loss"]
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            step = state.global_step
+            if step % plan.val_every and step < state.max_steps:
+                return
+            point = self.measure(model, state)
+            if step >= state.max_steps or step < plan.min_steps:
+                return
+            self.stopped = stop_reason(point, self.since_best, self.best["step"], plan.patience)
+            if self.stopped:
+                control.should_training_stop = True
+                if main:
+                    print(f"stopping: {self.stopped}", flush=True)
+
+        def measure(self, model, state) -> dict:
+            was_training = model.training
+            model.eval()
+            start = time.perf_counter()
+            if self.predictor is None:  # no prefix cache: the weights change between measurements
+                self.predictor = Predictor(task, model, tokenizer, contract, device=device, prefix_cache=0)
+            with warnings.catch_warnings():  # the decoder's cache argument, seen through TRL's patched forward
+                warnings.simplefilter("ignore", FutureWarning)
+                answers = self.predictor.predict_many(validator.texts, progress=False)
+            if was_training:
+                model.train()
+            measure = validator(answers)
+            score = mean_accuracy(measure)
+            point = {"step": state.global_step, "epoch": round(state.epoch or 0, 3), "loss": self.last_loss,
+                     "val_score": round(score, 4), "val_exact": measure.get("exact_match"),
+                     "val_fields": measure["fields"], "seconds": round(time.perf_counter() - start, 2)}
+            point["perfect"] = score >= 1.0 and (measure.get("exact_match") or 0) >= 1.0
+            gain = self.best is None or score > self.best_score + 1e-9
+            if gain:
+                self.best, self.best_score, self.since_best = point, score, 0
+                self.best_weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            else:
+                self.since_best += 1
+            self.points.append(point)
+            if main:
+                log_point(point, gain, log_path)
+            return point
+
+        def restore_best(self, model) -> bool:
+            """Put the best measured weights back (True when they were not the last ones)."""
+            if self.best is None or self.best is self.points[-1]:
+                return False
+            import torch
+
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if name in self.best_weights:
+                        param.copy_(self.best_weights[name])
+            return True
+
+        def summary(self) -> dict:
+            return {"curve": self.points, "best_step": self.best["step"] if self.best else None,
+                    "best_val_score": self.best["val_score"] if self.best else None, "stopped": self.stopped}
+
+    return Curve()
