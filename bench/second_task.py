@@ -3,7 +3,7 @@
     HF_HUB_OFFLINE=1 python bench/second_task.py truth   --n 800            # truth server -> synth -> train -> eval
     HF_HUB_OFFLINE=1 python bench/second_task.py offline --n 800            # no teacher: the offline generator
     HF_HUB_OFFLINE=1 python bench/second_task.py offline --n 800 --epochs 3
-    HF_HUB_OFFLINE=1 python bench/second_task.py tool_picker                # the README's main job, three sets
+    HF_HUB_OFFLINE=1 python bench/second_task.py tool_picker --n 800       # the README's main job, three sets
 
 Each run goes through the CLI as a user would (`schemabuild synth`, `schemabuild train --no-eval`, `schemabuild
 eval --data`), in its own runs folder. `truth` points OPENAI_BASE_URL at tests/truth_teacher.py's loopback server,
@@ -94,7 +94,7 @@ def tool_picker(args, runs: Path) -> None:
     for var in ("OPENAI_BASE_URL", "OPENAI_API_KEY"):
         os.environ.pop(var, None)
     extra = ["--epochs", str(args.epochs)] if args.epochs else []
-    t = cli("train", "tool_picker", "--runs-dir", str(runs), "--no-eval", *extra)
+    t = cli("train", "tool_picker", "--runs-dir", str(runs), "--n", str(args.n), "--no-eval", *extra)
     print(f"main job (synth + train, no eval): {t:.0f} s (contended 2-core CPU)")
     print_scores({name: score("tool_picker", runs, ROOT / path, name) for name, path in TOOL_PICKER_SETS.items()})
 

@@ -261,7 +261,8 @@ class OfflineTeacher:
             if op == "opener" and self.openers:
                 parts[first] = self._swap_opener(parts[first], rng)
             elif op == "typo":
-                found = [(i, m) for i in lit for m in re.finditer(r"[A-Za-z]{5,}", parts[i])]
+                found = [(i, m) for i in lit for m in re.finditer(r"[A-Za-z]{5,}", parts[i])
+                         if m.group().lower() not in self.cues]  # a label's cue stays spelt as the example has it
                 if found:
                     i, m = rng.choice(found)
                     parts[i] = parts[i][:m.start()] + _typo(m.group(), rng) + parts[i][m.end():]
