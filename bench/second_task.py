@@ -2,7 +2,7 @@
 
     HF_HUB_OFFLINE=1 python bench/second_task.py truth   --n 800            # truth server -> synth -> train -> eval
     HF_HUB_OFFLINE=1 python bench/second_task.py offline --n 800            # no teacher: the offline generator
-    HF_HUB_OFFLINE=1 python bench/second_task.py offline --n 800 --epochs 3
+    HF_HUB_OFFLINE=1 python bench/second_task.py offline --n 300 --train-args "--lora-layers 8"   # what fit here
     HF_HUB_OFFLINE=1 python bench/second_task.py tool_picker --n 800       # the README's main job, three sets
 
 Each run goes through the CLI as a user would (`schemabuild synth`, `schemabuild train --no-eval`, `schemabuild
@@ -83,7 +83,7 @@ def second_task(args, runs: Path) -> None:
     print(f"synth: {len(train_texts)} rows in {t_synth:.0f} s; overlap with held-out {len(train_texts & texts_of(heldout))}, "
           f"with dev {len(train_texts & texts_of(dev))} (by text)")
     print("manifest note:", json.loads((run / "data" / "manifest.json").read_text()).get("teacher", {}))
-    extra = ["--epochs", str(args.epochs)] if args.epochs else []
+    extra = (["--epochs", str(args.epochs)] if args.epochs else []) + args.train_args.split()
     t_train = cli("train", "meeting_invite", "--runs-dir", str(runs), "--run", str(run), "--no-eval", *extra)
     print(f"train: {t_train:.0f} s (contended 2-core CPU)")
     print_scores({"heldout": score("meeting_invite", runs, heldout, "heldout"),
@@ -93,7 +93,7 @@ def second_task(args, runs: Path) -> None:
 def tool_picker(args, runs: Path) -> None:
     for var in ("OPENAI_BASE_URL", "OPENAI_API_KEY"):
         os.environ.pop(var, None)
-    extra = ["--epochs", str(args.epochs)] if args.epochs else []
+    extra = (["--epochs", str(args.epochs)] if args.epochs else []) + args.train_args.split()
     t = cli("train", "tool_picker", "--runs-dir", str(runs), "--n", str(args.n), "--no-eval", *extra)
     print(f"main job (synth + train, no eval): {t:.0f} s (contended 2-core CPU)")
     print_scores({name: score("tool_picker", runs, ROOT / path, name) for name, path in TOOL_PICKER_SETS.items()})
@@ -105,8 +105,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=800)
     parser.add_argument("--epochs", type=float, default=None)
     parser.add_argument("--runs-dir", type=Path, default=None)
+    parser.add_argument("--train-args", default="", help='more `schemabuild train` flags, e.g. "--lora-layers 8"')
     args = parser.parse_args()
-    runs = args.runs_dir or Path("/tmp/schemabuild-bench") / f"{args.teacher}-n{args.n}-e{args.epochs or 'default'}"
+    runs = args.runs_dir or Path("/tmp/schemabuild-bench") / f"{args.teacher}-n{args.n}-e{args.epochs or 'default'}{args.train_args.replace(' ', '')}"
     runs.mkdir(parents=True, exist_ok=True)
     (tool_picker if args.teacher == "tool_picker" else second_task)(args, runs)
 
