@@ -63,6 +63,8 @@ LIST_SHAPES = 3
 """New carriers per (example with a list, list length): item forms drawn from all examples' items."""
 LIST_LONGER = 3
 """Lists run up to this many items longer than the longest example list."""
+AS_WRITTEN = 0.35
+"""Share of first-pass rows that keep the carrier's own wording (the rest get a surface variant)."""
 SHOUT, SLOT_TYPO, LOWER = 0.05, 0.05, 0.05
 """Chance that a variant is all capitals or all lowercase (slots and label too), or has a typo inside a slot."""
 
@@ -374,8 +376,11 @@ class OfflineTeacher:
                 for c, values, label in bases:
                     if len(pairs) >= quota:
                         break
-                    parts = c.parts if r == 0 else self._vary(c.parts, rng)
-                    if r and c.slots and rng.random() < SLOT_TYPO + SHOUT + LOWER:
+                    # most rows get a surface variant, also in the first pass over the bases: with many
+                    # carriers (lists, numbers) the quota fills before a second pass
+                    varied = r > 0 or rng.random() > AS_WRITTEN
+                    parts = self._vary(c.parts, rng) if varied else c.parts
+                    if varied and c.slots and rng.random() < SLOT_TYPO + SHOUT + LOWER:
                         parts, values, label = self._reshape(c, parts, values, label, rng)
                     text = self._join(parts, values, c.slots)
                     key_text = normalize(text)
