@@ -96,7 +96,7 @@ def test_enum_fields_and_non_verbatim_strings_are_never_slots():
         out = Review.model_validate_json(raw)
         assert out.product in text
         if out.sentiment == "negative":
-            assert out.product in {"the kettle"} | t.invented  # its group has no other example donor
+            assert out.product in {"the kettle"} | t.invented | t.reshaped  # its group has no other example donor
         assert "positive" not in text or out.sentiment == "positive"
 
 
