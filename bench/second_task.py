@@ -55,7 +55,8 @@ def print_scores(scores: dict[str, dict]) -> None:
     names = sorted({k for m in scores.values() for k in m if k == "exact_match" or k.startswith("field.")})
     print("metric".ljust(26) + "".join(s.rjust(10) for s in scores))
     for n in names:
-        print(n.ljust(26) + "".join(f"{m.get(n, float('nan')):10.3f}" for m in scores.values()))
+        cells = [m.get(n) if isinstance(m.get(n), (int, float)) else float("nan") for m in scores.values()]
+        print(n.ljust(26) + "".join(f"{v:10.3f}" for v in cells))
 
 
 def second_task(args, runs: Path) -> None:
