@@ -1,23 +1,21 @@
-"""The offline teacher: new (input, output) pairs recombined from the task's own examples, with no LLM.
+"""The offline teacher: new (input, output) pairs built from the task's own examples and its schema, no LLM.
 
 How pairs are built, for any task:
-- A *slot* is a free-text string field of an example's output (no enum, const, pattern or format) whose value
-  occurs verbatim (case-insensitive, at word boundaries) in the example's input. The input with its slots
-  cut out is a *carrier* template.
+- A *slot* is a free-text string or plain integer of an example's output whose value occurs verbatim
+  (case-insensitive, at word boundaries) in the example's input. The input with its slots cut out is a
+  *carrier*. Values with no span are counted per field and announced (the user's cue to add an example).
 - Examples whose outputs agree on everything except their slots form a *group* (for tool_picker: the same
-  `tool`). Each carrier is filled with the slot values of every example in its group, so the output is
-  that donor's output and the label stays consistent. A hints list named after the slot's field
-  (`hints["city"]` or `hints["cities"]` for a field `city`) adds values too; other hints are never put in slots.
-- Slots are also filled with invented words (random syllables, e.g. "zorvap kinto"): a small model trained on
-  real values only memorises them and reads the label off the slot text; with invented values it has to copy
-  whatever sits in the slot and take the other fields from the carrier. These pairs read as nonsense on purpose.
-- Spliced carriers: the text before the slots from one example and after them from another of the same group
-  with the same slots ("set a timer for <query> for the tea"), so the carrier words come in more combinations.
-- Every filled carrier gets surface variants: casing, fillers before/after (a small generic list plus
-  `hints["fillers"]`), punctuation, a dropped or swapped letter in a carrier word, and swapping or dropping a
-  leading word that starts examples of three or more groups (so it says nothing about the label).
-  Slot text is never altered, so the output still copies the input verbatim.
-- Examples with no slot get surface variants only.
+  `tool`). Each carrier is filled with its group's slot values, with same-named hints (`hints["cities"]` for
+  `city`), and with new values of each slot's form (`shapes`): numbers of the examples' step and range, ids
+  with the same letters, names, made-up words (they teach copying whatever sits in a slot), everyday phrases.
+  Slots inside lists also take other examples' values of the same field.
+- Derived carriers (`derive`): lists of every length up to three longer than the examples', from all
+  examples' item forms; an optional value dropped with the word that introduced it (the field null); spliced
+  carriers (one example's text before its slots, another's after, same group).
+- Most rows get surface variants: casing, fillers, politeness, a request put as a question, context before it,
+  punctuation, a letter typo in a carrier word, all capitals or lowercase (the label follows). A wrapper
+  holding a word the examples use with one label value only is never added, and such words are never misspelt.
+- The task's validators run on every pair; the announcement and the manifest say what the rows cover.
 """
 
 from __future__ import annotations
