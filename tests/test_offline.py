@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Literal, Optional
 
 from pydantic import BaseModel
@@ -95,7 +96,7 @@ def test_enum_fields_and_non_verbatim_strings_are_never_slots():
         out = Review.model_validate_json(raw)
         assert out.product in text
         if out.sentiment == "negative":
-            assert out.product in {"the kettle"} | t.invented  # its group has no other example donor
+            assert out.product in {"the kettle"} | t.invented | t.reshaped  # its group has no other example donor
         assert "positive" not in text or out.sentiment == "positive"
 
 
@@ -114,7 +115,9 @@ def test_hints_named_after_the_field_fill_slots_other_hints_do_not():
     cities = {Trip.model_validate_json(raw).city for _, raw in pairs}
     assert cities - t.invented - t.reshaped == {"Rome", "Lisbon", "Kyoto"}
     assert not any("museums" in text for text, _ in pairs)
-    assert all(Trip.model_validate_json(raw).days == 3 for _, raw in pairs)
+    days = [Trip.model_validate_json(raw).days for _, raw in pairs]
+    assert len(set(days)) > 2  # a number with a span varies, shaped like the examples' (1..6 here)
+    assert all(1 <= d <= 6 and re.search(rf"\b{d}\b", text) for d, (text, _) in zip(days, pairs))
 
 
 def test_init_template_task_gets_some_pairs(tmp_path):
@@ -127,3 +130,56 @@ def test_init_template_task_gets_some_pairs(tmp_path):
     for text, raw in pairs:
         out = task.validate_output(raw)
         assert out.subject is None or out.subject in text
+
+
+def test_meeting_invite_lists_numbers_and_nulls_vary_and_stay_true():
+    from schemabuild.task import load_task
+    from tests.conftest import TASKS
+
+    task = load_task("meeting_invite", TASKS)
+    t = OfflineTeacher(task)
+    pairs = asyncio.run(t.generate_inputs(task, 600, 0))
+    outs = [task.validate_output(t.labels[x]) for x in pairs]
+    lengths = {len(o.guests) for o in outs}
+    longest = max(len(e.output.guests) for e in task.examples)
+    assert set(range(1, longest + 3)) <= lengths  # lists longer than any example's
+    assert {o.kind for o in outs} == {"meeting", "call", "lunch", "interview"}
+    assert len({o.minutes for o in outs}) > 10 and all(o.minutes % 5 == 0 for o in outs)
+    assert any(o.place is None and "room" not in x.lower() for o, x in zip(outs, pairs))
+    for text, o in zip(pairs, outs):  # every copied value is in the text, in list order
+        pos = 0
+        for g in o.guests:
+            pos = text.find(g.name, pos)
+            assert pos >= 0, (text, g.name)
+            assert g.team is None or g.team in text
+        assert o.place is None or o.place in text
+        assert str(o.minutes) in text or o.minutes in (30, 60)  # "half an hour", "an hour" keep their value
+    cov = t.coverage()
+    assert cov["rows"] == 600 and cov["list_lengths"]["guests"][-1] >= longest + 2
+    assert cov["values"]["kind"] == ["call", "interview", "lunch", "meeting"] and not cov["values_missing"]
+    assert cov["no_span"] == {"minutes": "2 of 8 examples"}
+    assert "no span to align for minutes" in t.note()
+
+
+def test_missing_enum_values_are_announced_and_no_cue_word_is_added(capsys):
+    class Ticket(BaseModel):
+        urgent: bool
+        area: Literal["billing", "login", "other"]
+        ref: Optional[str]
+
+    task = Task(name="tickets", instructions="x", output=Ticket, examples=[
+        Example("urgent: billing broke on order A-1234", Ticket(urgent=True, area="billing", ref="A-1234")),
+        Example("cannot login since yesterday, please help", Ticket(urgent=False, area="login", ref=None)),
+        Example("please check my billing for order A-7781", Ticket(urgent=False, area="billing", ref="A-7781")),
+    ])
+    t = OfflineTeacher(task)
+    pairs = asyncio.run(t.generate_inputs(task, 300, 0))
+    line = capsys.readouterr().err
+    assert "area 2/3 values (none with other: add an example)" in line
+    assert t.coverage()["values_missing"] == {"area": ["other"]}
+    for text in pairs:
+        out = Ticket.model_validate_json(t.labels[text])
+        assert ("urgent" in text.lower()) == out.urgent  # only the example's own cue makes it urgent
+        if out.ref is not None:
+            assert out.ref in text and len(out.ref) == 6 and out.ref[:2].upper() == "A-"  # ids shaped like the examples'
+    assert len({Ticket.model_validate_json(t.labels[x]).ref for x in pairs}) > 20

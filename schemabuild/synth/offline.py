@@ -1,160 +1,70 @@
-"""The offline teacher: new (input, output) pairs recombined from the task's own examples, with no LLM.
+"""The offline teacher: new (input, output) pairs built from the task's own examples and its schema, no LLM.
 
 How pairs are built, for any task:
-- A *slot* is a free-text string field of an example's output (no enum, const, pattern or format) whose value
-  occurs verbatim (case-insensitive, at word boundaries) in the example's input. The input with its slots
-  cut out is a *carrier* template.
+- A *slot* is a free-text string or plain integer of an example's output whose value occurs verbatim
+  (case-insensitive, at word boundaries) in the example's input. The input with its slots cut out is a
+  *carrier*. Values with no span are counted per field and announced (the user's cue to add an example).
 - Examples whose outputs agree on everything except their slots form a *group* (for tool_picker: the same
-  `tool`). Each carrier is filled with the slot values of every example in its group, so the output is
-  that donor's output and the label stays consistent. A hints list named after the slot's field
-  (`hints["city"]` or `hints["cities"]` for a field `city`) adds values too; other hints are never put in slots.
-- Slots are also filled with invented words (random syllables, e.g. "zorvap kinto"): a small model trained on
-  real values only memorises them and reads the label off the slot text; with invented values it has to copy
-  whatever sits in the slot and take the other fields from the carrier. These pairs read as nonsense on purpose.
-- Spliced carriers: the text before the slots from one example and after them from another of the same group
-  with the same slots ("set a timer for <query> for the tea"), so the carrier words come in more combinations.
-- Every filled carrier gets surface variants: casing, fillers before/after (a small generic list plus
-  `hints["fillers"]`), punctuation, a dropped or swapped letter in a carrier word, and swapping or dropping a
-  leading word that starts examples of three or more groups (so it says nothing about the label).
-  Slot text is never altered, so the output still copies the input verbatim.
-- Examples with no slot get surface variants only.
+  `tool`). Each carrier is filled with its group's slot values, with same-named hints (`hints["cities"]` for
+  `city`), and with new values of each slot's form (`shapes`): numbers of the examples' step and range, ids
+  with the same letters, names, made-up words (they teach copying whatever sits in a slot), everyday phrases.
+  Slots inside lists also take other examples' values of the same field.
+- Derived carriers (`derive`): lists of every length up to three longer than the examples', from all
+  examples' item forms; an optional value dropped with the word that introduced it (the field null); spliced
+  carriers (one example's text before its slots, another's after, same group).
+- Most rows get surface variants: casing, fillers, politeness, a request put as a question, context before it,
+  punctuation, a letter typo in a carrier word, all capitals or lowercase (the label follows). A wrapper
+  holding a word the examples use with one label value only is never added, and such words are never misspelt.
+- The task's validators run on every pair; the announcement and the manifest say what the rows cover.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
+import sys
 import json
 import math
 import random
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from schemabuild.contract import canonical_json
 from schemabuild.synth.checks import NearDupIndex, normalize, shingles
+from schemabuild.synth.derive import Carrier, derive_carriers, get_path, label_leaves, set_path, words
 from schemabuild.synth.protocol import Labelled
+from schemabuild.synth.shapes import field_key, is_free_text, is_integer, leaves, new_value, schema_leaves
 
-FILLERS_BEFORE = ["hey ", "yo ", "ok ", "pls ", "hi ", "um ", "so ", "hmm ", "oh ", "alright "]
-FILLERS_AFTER = [" pls", " please", " thanks", " thx", " lol", " :)", " 🙏", " 😊", " asap", " rn", " 🔥", " 😂", " 👀",
-                 " ty", " thank you!", " haha", " xD", " <3", " ✨", " 💯"]
-# Requests wrapped in politeness or a lead-in clause: longer messages whose extra words say nothing about the label.
+FILLERS_BEFORE = ["hey ", "ok ", "hi ", "um ", "so ", "hmm ", "oh ", "alright ", "hello ", "right, "]
+FILLERS_AFTER = [" please", " thanks", " thx", " :)", " 🙏", " 😊", " 👀", " ty", " thank you!", " xD",
+                 " <3", " ✨", " 🙂"]
+# Wrappers from general knowledge of how people write requests: politeness, a question, context before the
+# request. None says anything about urgency, mood or size, so none can change a label; a wrapper holding a word
+# that only some labels' examples use is dropped per task as well (`_neutral`).
 POLITE_BEFORE = ["please ", "could you ", "can you please ", "would you mind ", "if you can, ", "kindly ",
-                 "when you get a sec, ", "quick favour: ", "i'd love it if you could ", "do me a favour and "]
-POLITE_AFTER = [" if you can", " when you have a moment", ", thank you so much", " for me", " for us",
-                " if that's ok", ", much appreciated", " whenever you're free"]
-LEAD_INS = ["ok so quick question, ", "sorry to bother you but ", "random thought, ", "before i forget, ",
-            "one more thing: ", "alright everyone, ", "no rush but ", "honestly, ", "btw ", "real quick, "]
+                 "i'd love it if you could ", "do me a favour and ", "would you be able to ", "is it possible to ",
+                 "i was wondering if you could ", "any way you could "]
+POLITE_AFTER = [" if you can", " for me", " for us", " if that's ok", ", much appreciated", ", thank you",
+                " if possible", ", would that work?", ", is that doable?"]
+LEAD_INS = ["sorry to bother you but ", "before i forget, ", "one more thing: ", "honestly, ", "btw ",
+            "ok so ", "hi again, ", "question for you: ", "small request: ", "got a second? "]
+PREFACES = ["Hope you're well.", "Hi, it's me again.", "Thanks for the help last time.",
+            "Hello from the other side of the office.", "Here goes.", "Another one for you.", "Good to see you online."]
 ENDINGS = ["?", "!", "!!", ".", "..."]
 MAX_VARIANTS = 48
 """Most surface variants tried per filled carrier."""
-INVENTED_FILLS = 8
+INVENTED_FILLS = 5
 """Slot fills of invented words per carrier (see the module docstring)."""
-WORD_FILLS = 6
-"""Slot fills of everyday words per carrier (phrases from the generic vocabulary below)."""
-SHOUT, SLOT_TYPO = 0.06, 0.05
-"""Chance that a variant is all capitals (slot and label too), or has a typo inside a slot (copied to the label)."""
-# A generic vocabulary for slot fills: real words in new combinations, so the model copies any words, not only the
-# examples' values or invented ones. Nothing here is about any one task.
-ADJECTIVES = ("tiny old red sleepy angry happy giant rainy frozen golden ancient electric wild quiet shiny broken "
-              "fluffy spicy haunted floating purple retro cozy noisy secret lazy brave weird vintage neon").split()
-NOUNS = ("otter castle robot pancake volcano lighthouse bicycle dragon library teapot submarine cactus penguin "
-         "skyscraper violin meteor garden hamster train bridge forest lantern pirate wizard taco comet island "
-         "tractor owl glacier keyboard marathon circus canyon waterfall spaceship sandwich orchestra festival").split()
-VERBS_ING = "dancing sleeping racing singing falling cooking flying melting jumping spinning hiding glowing".split()
-VERBS = "build fix paint clean grow draw fold cook repair tune".split()
-NAMES = ("Mira Solano Kenji Okafor Lucia Brandt Arjun Novak Elena Duarte Tomas Lindqvist Amara Haddad Felix Moreau "
-         "Ingrid Castillo Ravi Petrova").split()
-
-
-def everyday_phrase(rng: random.Random) -> str:
-    """A short phrase of real words (e.g. "a sleepy otter", "owls dancing", "how to fix a teapot", "Mira Novak")."""
-    adj, noun, other = rng.choice(ADJECTIVES), rng.choice(NOUNS), rng.choice(NOUNS)
-    forms = [f"{adj} {noun}", f"a {adj} {noun}", f"the {noun} of the {other}", f"{noun}s {rng.choice(VERBS_ING)}",
-             f"how to {rng.choice(VERBS)} a {noun}", f"{rng.choice(NAMES)} {rng.choice(NAMES)}",
-             f"{adj} {noun} {other}s", f"{noun} {rng.randint(2, 99)}"]
-    return rng.choice(forms)
-CONSONANTS, VOWELS = "bcdfghjklmnprstvwz", "aeiou"
-
-
-@dataclasses.dataclass
-class Carrier:
-    """An example's input cut around its slots: literal strings and slot paths, in order."""
-
-    parts: list[Any]
-    example: int
-    group: str
-    slots: tuple[tuple, ...]
-
-
-def _strings(value: Any, path: tuple = ()):
-    """(path, string) for every string leaf of a JSON value."""
-    if isinstance(value, str):
-        yield path, value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from _strings(v, path + (k,))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _strings(v, path + (i,))
-
-
-def _resolve(node: dict, defs: dict) -> dict:
-    while isinstance(node, dict) and "$ref" in node:
-        node = defs.get(node["$ref"].rsplit("/", 1)[-1], {})
-    return node
-
-
-def _branches(node: dict, defs: dict) -> list[dict]:
-    node = _resolve(node, defs)
-    out = []
-    for key in ("anyOf", "oneOf", "allOf"):
-        for b in node.get(key, []):
-            out.extend(_branches(b, defs))
-    return out or [node]
-
-
-def _is_free_text(schema: dict, path: tuple) -> bool:
-    """Whether the schema node at `path` is a plain string (no enum/const/pattern/format)."""
-    defs = schema.get("$defs", {})
-    nodes = [schema]
-    for key in path:
-        nxt = []
-        for n in nodes:
-            for b in _branches(n, defs):
-                if isinstance(key, str) and key in b.get("properties", {}):
-                    nxt.append(b["properties"][key])
-                elif isinstance(key, int) and isinstance(b.get("items"), dict):
-                    nxt.append(b["items"])
-        if not nxt:
-            return False
-        nodes = nxt
-    leaves = [b for n in nodes for b in _branches(n, defs)]
-    strings = [b for b in leaves if b.get("type") == "string"]
-    return bool(strings) and all(not (set(b) & {"enum", "const", "pattern", "format"}) for b in strings) \
-        and not any("enum" in b or "const" in b for b in leaves)
-
-
-def _set_path(obj: Any, path: tuple, value: Any) -> None:
-    for key in path[:-1]:
-        obj = obj[key]
-    obj[path[-1]] = value
-
-
-def _get_path(obj: Any, path: tuple) -> Any:
-    for key in path:
-        obj = obj[key]
-    return obj
-
-
-def invented_words(rng: random.Random, k: int) -> str:
-    """k pronounceable made-up words (1-3 syllables, sometimes capitalised)."""
-    words = []
-    for _ in range(k):
-        w = "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) + (rng.choice(CONSONANTS) if rng.random() < 0.4 else "")
-                    for _ in range(rng.randint(1, 3)))
-        words.append(w.capitalize() if rng.random() < 0.2 else w)
-    return " ".join(words)
+WORD_FILLS = 7
+"""Slot fills of everyday words or names per carrier, and as many from other examples' values of the field."""
+LIST_SHAPES = 3
+"""New carriers per (example with a list, list length): item forms drawn from all examples' items."""
+LIST_LONGER = 3
+"""Lists run up to this many items longer than the longest example list."""
+AS_WRITTEN = 0.35
+"""Share of first-pass rows that keep the carrier's own wording (the rest get a surface variant)."""
+SHOUT, SLOT_TYPO, LOWER = 0.05, 0.05, 0.05
+"""Chance that a variant is all capitals or all lowercase (slots and label too), or has a typo inside a slot."""
 
 
 def _find(value: str, text: str) -> tuple[int, int] | None:
@@ -176,30 +86,55 @@ class OfflineTeacher:
         self.cfg = cfg
         self.schema = task.output.model_json_schema()
         self.outputs = [ex.output.model_dump(mode="json") for ex in task.examples]
+        self.no_span: dict[str, int] = defaultdict(int)
+        """Field -> examples whose value of it has no span in the input (the user's cue to add an example)."""
         self.carriers = [self._carrier(i) for i in range(len(task.examples))]
         self.groups: dict[str, list[int]] = defaultdict(list)
         for c in self.carriers:
             self.groups[c.group].append(c.example)
+        self.seen: dict[tuple, list] = defaultdict(list)
+        """Field (path without list indices) -> the examples' slot values of it."""
+        for c in self.carriers:
+            for path in c.slots:
+                self.seen[field_key(path)].append(get_path(self.outputs[c.example], path))
         self.openers = self._openers()
+        self.cues = self._cue_words()
+        fillers = self.task.hints.get("fillers", [])
+        self.wrappers = {name: self._neutral(phrases) for name, phrases in {
+            "polite_before": POLITE_BEFORE, "polite_after": POLITE_AFTER, "lead_in": LEAD_INS, "preface": PREFACES,
+            "before": FILLERS_BEFORE + [f + " " for f in fillers], "after": FILLERS_AFTER + [" " + f for f in fillers],
+        }.items()}
         self.spliced = {key: self._splices(members) for key, members in self.groups.items()}
+        derived = derive_carriers(self, shapes=LIST_SHAPES, longer=LIST_LONGER)
+        for c in derived:
+            self.spliced[c.group].append(c)
+        self.derived = Counter(c.kind for c in derived)
         self.invented: set[str] = set()
         """Slot values this teacher made up (the rest come from the examples and hints)."""
         self.reshaped: set[str] = set()
-        """Slot values shouted or given a typo by a variant (the label copies them)."""
+        """Slot values shouted, lowercased or given a typo by a variant (the label copies them)."""
         self.labels: dict[str, str] = {}
         self.shortfall: str | None = None
+        self.covered: dict = {}
 
     # ---- setup ---------------------------------------------------------------------------------
 
     def _carrier(self, i: int) -> Carrier:
         text, out = self.task.examples[i].input, self.outputs[i]
         spans = []
-        for path, value in _strings(out):
-            if len(value.strip()) < 2 or not _is_free_text(self.schema, path):
+        for path, value in leaves(out):
+            if isinstance(value, str):
+                if len(value.strip()) < 2 or not is_free_text(self.schema, path):
+                    continue
+                span = _find(value, text)
+            elif is_integer(self.schema, path):
+                span = _find(str(value), text)
+            else:
                 continue
-            span = _find(value, text)
             if span:
                 spans.append((span, path))
+            else:
+                self.no_span[".".join(field_key(path))] += 1
         # longest first, no overlaps
         chosen = []
         for span, path in sorted(spans, key=lambda sp: (-(sp[0][1] - sp[0][0]), sp[0][0])):
@@ -216,7 +151,7 @@ class OfflineTeacher:
         slots = tuple(path for _, path in chosen)
         signature = copy.deepcopy(out)
         for path in slots:
-            _set_path(signature, path, "\x00slot")
+            set_path(signature, path, "\x00slot")
         return Carrier(parts, i, json.dumps(signature, sort_keys=True), slots)
 
     def _splices(self, members: list[int]) -> list[Carrier]:
@@ -230,7 +165,7 @@ class OfflineTeacher:
                 parts = a.parts[:a.parts.index(a.slots[0]) + 1] + b.parts[b.parts.index(b.slots[0]) + 1:]
                 if tuple(map(str, parts)) not in seen:
                     seen.add(tuple(map(str, parts)))
-                    out.append(Carrier(parts, i, a.group, a.slots))
+                    out.append(Carrier(parts, i, a.group, a.slots, kind="spliced"))
         return out
 
     def _openers(self) -> dict[str, set[str]]:
@@ -250,30 +185,65 @@ class OfflineTeacher:
                     after[opener].add(words[k])
         return {o: after[o] for o in sorted(groups) if len(groups[o]) >= 3 and re.fullmatch(r"[\w' ]+", o)}
 
+    def _cue_words(self) -> set[str]:
+        """Words the examples use with one value only of a label field (enum or bool): possible cues.
+
+        A wrapper holding one is never added, so no added word can change a label.
+        """
+        fields: dict[tuple, list] = defaultdict(list)
+        for i, out in enumerate(self.outputs):
+            for path, value in label_leaves(self.schema, out):
+                fields[field_key(path)].append((i, json.dumps(value)))
+        cues = set()
+        for pairs in fields.values():
+            values = {v for _, v in pairs}
+            if len(values) < 2:
+                continue
+            by_word: dict[str, set] = defaultdict(set)
+            for i, v in pairs:
+                for w in words(self.task.examples[i].input):
+                    by_word[w].add(v)
+            cues |= {w for w, vs in by_word.items() if len(vs) == 1 and len(w) >= 3}
+        return cues
+
+    def _neutral(self, phrases: list[str]) -> list[str]:
+        return [p for p in phrases if not (words(p) & self.cues)]
+
     def _donors(self, carrier: Carrier) -> list[tuple]:
-        """Slot value tuples for a carrier: from every example of its group, then from same-named hints."""
+        """Slot value tuples: from every example of its group, same-named hints, then new values of each slot's shape."""
         donors = []
-        for j in self.groups[carrier.group]:
-            values = tuple(_get_path(self.outputs[j], p) for p in carrier.slots)
-            if values not in donors:
-                donors.append(values)
-        if len(carrier.slots) == 1 and isinstance(carrier.slots[0][-1], str):
-            field = carrier.slots[0][-1]
+        if carrier.kind in ("example", "spliced"):
+            for j in self.groups[carrier.group]:
+                values = tuple(get_path(self.outputs[j], p) for p in carrier.slots)
+                if values not in donors:
+                    donors.append(values)
+        own = tuple(get_path(carrier.base or self.outputs[carrier.example], p) for p in carrier.slots)
+        for k, path in enumerate(carrier.slots):
+            field = path[-1] if isinstance(path[-1], str) else ""
             plurals = (field, field + "s", field + "es", field[:-1] + "ies" if field.endswith("y") else field)
             for key in dict.fromkeys(plurals):
-                for v in self.task.hints.get(key, []):
-                    if (v,) not in donors and v.strip():
-                        donors.append((v,))
-        if carrier.slots:
-            rng = random.Random("invent:" + repr(carrier.parts))
-            for _ in range(INVENTED_FILLS):
-                values = tuple(invented_words(rng, rng.randint(1, 4)) for _ in carrier.slots)
-                self.invented.update(values)
-                donors.append(values)
-            for _ in range(WORD_FILLS):
-                values = tuple(everyday_phrase(rng) for _ in carrier.slots)
-                self.invented.update(values)
-                donors.append(values)
+                for v in self.task.hints.get(key, []) if field else []:
+                    values = own[:k] + (v,) + own[k + 1:]
+                    if values not in donors and v.strip():
+                        donors.append(values)
+        if not carrier.slots:
+            return donors
+        base = carrier.base or self.outputs[carrier.example]
+        rng = random.Random("invent:" + repr(carrier.parts))
+        for style, count in (("examples", WORD_FILLS), ("everyday", WORD_FILLS), ("madeup", INVENTED_FILLS)):
+            for _ in range(count):
+                values = []
+                for p in carrier.slots:
+                    original = get_path(base, p)
+                    # other examples' values only inside lists and for numbers: elsewhere the group's own
+                    mix = style == "examples" and not (isinstance(original, int) or any(isinstance(k, int) for k in p))
+                    values.append(new_value(original, "everyday" if mix else style, self.seen[field_key(p)], rng))
+                keys = [(field_key(p), str(v).casefold()) for p, v in zip(carrier.slots, values)]
+                if len(set(keys)) < len(keys):
+                    continue  # the same name twice in one list reads oddly
+                self.invented.update(v for v, p in zip(values, carrier.slots) if isinstance(v, str)
+                                     and (style != "examples" or not any(isinstance(k, int) for k in p)))
+                donors.append(tuple(values))
         return donors
 
     # ---- variation -----------------------------------------------------------------------------
@@ -283,88 +253,99 @@ class OfflineTeacher:
         parts = list(parts)
         lit = [i for i, p in enumerate(parts) if isinstance(p, str)]
         first, last = lit[0], lit[-1]  # parts always begin and end with a literal (maybe empty)
-        ops = rng.sample(["case", "before", "after", "ending", "typo", "opener", "polite", "lead_in"],
+        ops = rng.sample(["case", "before", "after", "ending", "typo", "opener", "polite", "lead_in", "preface"],
                          k=rng.randint(1, 4))
-        fillers_before = FILLERS_BEFORE + [f + " " for f in self.task.hints.get("fillers", [])]
-        fillers_after = FILLERS_AFTER + [" " + f for f in self.task.hints.get("fillers", [])]
-        order = ["opener", "typo", "case", "polite", "lead_in", "before", "after", "ending"]
+        w = self.wrappers
+        order = ["opener", "typo", "case", "polite", "lead_in", "before", "preface", "after", "ending"]
         for op in sorted(ops, key=order.index):
             if op == "opener" and self.openers:
-                head = parts[first]
-                low = head.lower()
-                match = max((o for o in self.openers if low.startswith(o + " ") or low.startswith(o + ", ")),
-                            key=len, default=None)
-                rest = head[len(match):].lstrip(", ") if match else head
-                word = rest.split(" ", 1)[0].lower() if rest else ""
-                fits = [o for o in self.openers if o != match and word in self.openers[o]]
-                choice = rng.choice(fits + [""] if match else fits) if (fits or match) else None
-                if choice is not None:
-                    parts[first] = (choice + " " if choice else "") + rest
+                parts[first] = self._swap_opener(parts[first], rng)
             elif op == "typo":
-                words = [(i, m) for i in lit for m in re.finditer(r"[A-Za-z]{5,}", parts[i])]
-                if words:
-                    i, m = rng.choice(words)
-                    w = m.group()
-                    k = rng.randrange(1, len(w) - 1)
-                    typo = w[:k] + w[k + 1:] if rng.random() < 0.5 else w[:k] + w[k + 1] + w[k] + w[k + 2:]
-                    parts[i] = parts[i][:m.start()] + typo + parts[i][m.end():]
+                found = [(i, m) for i in lit for m in re.finditer(r"[A-Za-z]{5,}", parts[i])
+                         if m.group().lower() not in self.cues]  # a label's cue stays spelt as the example has it
+                if found:
+                    i, m = rng.choice(found)
+                    parts[i] = parts[i][:m.start()] + _typo(m.group(), rng) + parts[i][m.end():]
             elif op == "case" and parts[first]:
                 head = parts[first]
                 parts[first] = head[0].upper() + head[1:] if head[0].islower() else head[0].lower() + head[1:]
                 if rng.random() < 0.3:
                     for i in lit:
                         parts[i] = parts[i].lower()
-            elif op == "polite":
+            elif op == "polite" and w["polite_before"] and w["polite_after"]:
                 if rng.random() < 0.5:
-                    parts[first] = rng.choice(POLITE_BEFORE) + parts[first]
+                    parts[first] = rng.choice(w["polite_before"]) + parts[first]
                 else:
-                    parts[last] = parts[last].rstrip(" .!?") + rng.choice(POLITE_AFTER)
-            elif op == "lead_in":
-                parts[first] = rng.choice(LEAD_INS) + parts[first]
-            elif op == "before":
-                parts[first] = rng.choice(fillers_before) + parts[first]
-            elif op == "after":
-                parts[last] = parts[last].rstrip(" .!?") + rng.choice(fillers_after)
+                    parts[last] = parts[last].rstrip(" .!?") + rng.choice(w["polite_after"])
+            elif op in ("lead_in", "before", "after", "preface") and w[op]:
+                if op == "after":
+                    parts[last] = parts[last].rstrip(" .!?") + rng.choice(w[op])
+                else:
+                    parts[first] = rng.choice(w[op]) + (" " if op == "preface" else "") + parts[first]
             elif op == "ending":
                 tail = parts[last].rstrip(" .!?")
                 parts[last] = tail + rng.choice(ENDINGS) if tail or last != first else parts[last]
         return parts
 
+    def _swap_opener(self, head: str, rng: random.Random) -> str:
+        """Swap or drop a leading word that starts examples of three or more groups."""
+        low = head.lower()
+        match = max((o for o in self.openers if low.startswith(o + " ") or low.startswith(o + ", ")),
+                    key=len, default=None)
+        rest = head[len(match):].lstrip(", ") if match else head
+        word = rest.split(" ", 1)[0].lower() if rest else ""
+        fits = [o for o in self.openers if o != match and word in self.openers[o]]
+        choice = rng.choice(fits + [""] if match else fits) if (fits or match) else None
+        return head if choice is None else (choice + " " if choice else "") + rest
+
     def _reshape(self, c: Carrier, parts: list, values: tuple, label: str, rng: random.Random):
-        """All capitals, or a typo inside one slot value; the label follows (it copies the slot verbatim)."""
-        if rng.random() < SHOUT / (SHOUT + SLOT_TYPO):
-            new_parts = [p.upper() if isinstance(p, str) else p for p in parts]
-            new_values = tuple(v.upper() for v in values)
+        """All capitals, all lowercase, or a typo inside one slot value; the label follows (it copies the slots)."""
+        roll = rng.random() * (SHOUT + LOWER + SLOT_TYPO)
+        texts = [k for k, v in enumerate(values) if isinstance(v, str)]
+        if not texts:
+            return parts, values, label
+        if roll < SHOUT + LOWER:
+            change = str.upper if roll < SHOUT else str.lower
+            new_parts = [change(p) if isinstance(p, str) else p for p in parts]
+            new_values = tuple(change(v) if isinstance(v, str) else v for v in values)
         else:
-            new_parts, k = parts, rng.randrange(len(values))
-            words = list(re.finditer(r"[A-Za-z]{5,}", values[k]))
-            if not words:
+            new_parts, k = parts, rng.choice(texts)
+            found = list(re.finditer(r"[A-Za-z]{5,}", values[k]))
+            if not found:
                 return parts, values, label
-            m = rng.choice(words)
-            w, j = m.group(), rng.randrange(1, len(m.group()) - 1)
-            typo = w[:j] + w[j + 1:] if rng.random() < 0.5 else w[:j] + w[j] + w[j:]
-            new_values = values[:k] + (values[k][:m.start()] + typo + values[k][m.end():],) + values[k + 1:]
+            m = rng.choice(found)
+            new_values = values[:k] + (values[k][:m.start()] + _typo(m.group(), rng) + values[k][m.end():],) + values[k + 1:]
         new_label = self._fill(c, new_values)
         if new_label is None:
             return parts, values, label
-        self.reshaped.update(new_values)
+        self.reshaped.update(v for v in new_values if isinstance(v, str))
         return new_parts, new_values, new_label
 
     @staticmethod
     def _join(parts: list[Any], values: tuple, slots: tuple) -> str:
         by_path = dict(zip(slots, values))
-        text = "".join(p if isinstance(p, str) else by_path[p] for p in parts)
+        text = "".join(p if isinstance(p, str) else str(by_path[p]) for p in parts)
         return re.sub(r"\s+", " ", text).strip()
 
     def _fill(self, carrier: Carrier, values: tuple) -> str | None:
-        """The donor's output with these slot values (None when it does not validate)."""
-        out = copy.deepcopy(self.outputs[carrier.example])
+        """The carrier's output with these slot values (None when it does not validate)."""
+        out = copy.deepcopy(carrier.base if carrier.base is not None else self.outputs[carrier.example])
         for path, v in zip(carrier.slots, values):
-            _set_path(out, path, v)
+            set_path(out, path, v)
         try:
             return canonical_json(self.task.output.model_validate(out))
         except Exception:  # noqa: BLE001 - a hint value the schema refuses is simply not used
             return None
+
+    def _passes(self, text: str, label: str) -> bool:
+        """The task's own validators accept the pair (a dropped optional may be required by one)."""
+        try:
+            out = self.task.output.model_validate_json(label)
+            for check in self.task.validators:
+                check(text, out)
+        except Exception:  # noqa: BLE001 - a validator's refusal (ValueError or other) drops the pair
+            return False
+        return True
 
     # ---- the Teacher protocol --------------------------------------------------------------------
 
@@ -393,12 +374,15 @@ class OfflineTeacher:
                 for c, values, label in bases:
                     if len(pairs) >= quota:
                         break
-                    parts = c.parts if r == 0 else self._vary(c.parts, rng)
-                    if r and c.slots and rng.random() < SLOT_TYPO + SHOUT:
+                    # most rows get a surface variant, also in the first pass over the bases: with many
+                    # carriers (lists, numbers) the quota fills before a second pass
+                    varied = r > 0 or rng.random() > AS_WRITTEN
+                    parts = self._vary(c.parts, rng) if varied else c.parts
+                    if varied and c.slots and rng.random() < SLOT_TYPO + SHOUT + LOWER:
                         parts, values, label = self._reshape(c, parts, values, label, rng)
                     text = self._join(parts, values, c.slots)
                     key_text = normalize(text)
-                    if not key_text or key_text in taken:
+                    if not key_text or key_text in taken or not self._passes(text, label):
                         continue
                     taken.add(key_text)
                     sh = shingles(text)
@@ -420,6 +404,9 @@ class OfflineTeacher:
             self.labels.setdefault(text, label)
         if len(pairs) < n:
             self.shortfall = f"asked for {n} inputs, the examples allow {len(pairs)}"
+        self.covered = coverage(self.schema, [json.loads(label) for _, label in pairs], self.no_span,
+                                len(self.task.examples))
+        print(f"offline teacher: {announce(self.covered)}", file=sys.stderr)
         return [text for text, _ in pairs]
 
     async def label(self, task, inputs: list[str]) -> list:
@@ -434,19 +421,91 @@ class OfflineTeacher:
         return {"calls": 0, "cached_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
                 "budget_usd": getattr(self.cfg, "budget_usd", None), "budget_hit": False}
 
+    def coverage(self) -> dict:
+        """Rows made, list lengths and enum values covered, fields with no span (see `coverage`)."""
+        return self.covered
+
     def note(self) -> str:
         """What the manifest says about how the pairs were made."""
         n_slots = sum(1 for c in self.carriers if c.slots)
-        n_spliced = sum(len(v) for v in self.spliced.values())
-        text = (f"offline teacher, no LLM: pairs recombined from the task's {len(self.task.examples)} examples "
-                f"({n_slots} carrier templates plus {n_spliced} spliced from two examples of a group, with slots "
-                f"filled by values from examples with the same other fields or by invented words, in "
-                f"{len(self.groups)} groups) plus surface variants (casing, fillers, punctuation, typos). "
-                "Pairs with invented slot words read as nonsense on purpose: they teach copying the slot. Slots are "
-                "also filled with everyday-word phrases, and variants add politeness, lead-in clauses, emoji, "
-                "all capitals and typos inside slots (copied to the label). "
-                "Labels are as right as the examples; phrasing variety is limited to the examples' own carriers. "
+        text = (f"offline teacher, no LLM: pairs built from the task's {len(self.task.examples)} examples "
+                f"({n_slots} with values found in their input; {self.derived.get('list', 0)} carriers with lists "
+                f"of other lengths, {self.derived.get('null', 0)} with an optional value dropped; "
+                f"{len(self.groups)} groups), slots filled with other examples' values or new ones of the "
+                "same form (numbers, ids, names, made-up or everyday words), and surface variants (casing, "
+                "politeness, a request put as a question, context before the request, typos). Labels are as right as the examples. "
                 "Set OPENAI_API_KEY or OPENAI_BASE_URL for an LLM teacher.")
+        if self.covered:
+            text += f" Covered: {announce(self.covered)}."
         if self.shortfall:
             text += f" Short of the target: {self.shortfall}."
         return text
+
+
+def _typo(word: str, rng: random.Random) -> str:
+    """A dropped or doubled letter, or two letters swapped, inside a word of 5+ letters."""
+    k = rng.randrange(1, len(word) - 1)
+    roll = rng.random()
+    if roll < 0.4:
+        return word[:k] + word[k + 1:]
+    if roll < 0.6:
+        return word[:k] + word[k] + word[k:]
+    return word[:k] + word[k + 1] + word[k] + word[k + 2:]
+
+
+def coverage(schema: dict, outputs: list[dict], no_span: dict[str, int], n_examples: int) -> dict:
+    """What the rows cover: their count, the lengths of each list, each label field's values (and the ones
+    missing), and the fields whose example values have no span in their input."""
+    lengths: dict[str, set] = defaultdict(set)
+    values: dict[str, set] = defaultdict(set)
+    allowed: dict[str, list] = {}
+    for out in outputs:
+        for path, value in _walk_lists(out):
+            lengths[".".join(field_key(path))].add(len(value))
+        for path, value in label_leaves(schema, out):
+            key = ".".join(field_key(path))
+            values[key].add(json.dumps(value))
+            if key not in allowed:
+                allowed[key] = _allowed(schema, path)
+    return {
+        "rows": len(outputs),
+        "list_lengths": {k: sorted(v) for k, v in sorted(lengths.items())},
+        "values": {k: sorted(json.loads(x) for x in v) for k, v in sorted(values.items())},
+        "values_missing": {k: [a for a in allowed[k] if json.dumps(a) not in values[k]]
+                           for k in sorted(values) if any(json.dumps(a) not in values[k] for a in allowed[k])},
+        "no_span": {k: f"{v} of {n_examples} examples" for k, v in sorted(no_span.items())},
+    }
+
+
+def _walk_lists(value: Any, path: tuple = ()):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _walk_lists(v, path + (k,))
+    elif isinstance(value, list):
+        yield path, value
+        for i, v in enumerate(value):
+            yield from _walk_lists(v, path + (i,))
+
+
+def _allowed(schema: dict, path: tuple) -> list:
+    """Every value an enum, const or bool field allows."""
+    out: list = []
+    for b in schema_leaves(schema, path):
+        out += b.get("enum", []) + ([b["const"]] if "const" in b else [])
+        out += [True, False] if b.get("type") == "boolean" else []
+    return [json.loads(v) for v in dict.fromkeys(json.dumps(v) for v in out)]
+
+
+def announce(cov: dict) -> str:
+    """The one line said at synth time: rows, list lengths, label values covered, fields with no span."""
+    bits = [f"{cov['rows']} rows"]
+    for k, v in cov["list_lengths"].items():
+        bits.append(f"{k} lengths {v[0]}-{v[-1]}" if v else f"{k} empty")
+    for k, v in cov["values"].items():
+        missing = cov["values_missing"].get(k, [])
+        bits.append(f"{k} {len(v)}/{len(v) + len(missing)} values" + (f" (none with {', '.join(map(str, missing))}: "
+                                                                       "add an example)" if missing else ""))
+    if cov["no_span"]:
+        bits.append("no span to align for " + ", ".join(f"{k} ({v})" for k, v in cov["no_span"].items())
+                    + ": those keep the example's value; add an example that writes it as the output has it")
+    return "; ".join(bits)
