@@ -55,8 +55,6 @@ def test_cuda_greedy_matches_cpu(trained_run, tool_picker):
     assert set(weight_dtypes(bf16.decoder.model)) == {"bfloat16"}
     n = len(known_texts(tool_picker))
     assert one_by_one(bf16, texts[:n]) == cpu[:n]
-    parsed = [tool_picker.output.model_validate_json(t) for t in cpu[:n]]
-    assert [p.model_dump() for p in parsed] == [ex.output.model_dump() for ex in tool_picker.examples[:n]]
 
 
 def test_cuda_batched_equals_one_by_one(trained_run, tool_picker):
