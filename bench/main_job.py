@@ -46,6 +46,30 @@ def precision_probe(reps: int = 5) -> dict:
             "auto_chooses": choose_precision(TrainConfig(), "cpu")}
 
 
+def servable_checkpoint(run: Path, checkpoint: str) -> str:
+    """A Trainer checkpoint of a run that was stopped before saving, as a run folder `eval` can load
+    (<run>/<checkpoint>/model: the adapter, tokenizer and the contract training would have written)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from schemabuild.contract import build_contract, save_contract
+    from schemabuild.task import load_task
+
+    src, dest = run / "checkpoints" / checkpoint, run / checkpoint / "model"
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.name.startswith(("adapter_", "tokenizer", "special_tokens", "chat_template")):
+            shutil.copy2(f, dest / f.name)
+    shutil.copy2(run / "model" / "train_log.jsonl", dest / "train_log.jsonl")
+    base = json.loads((run / "train_config.json").read_text())["base"]
+    task = load_task("tool_picker", ROOT / "tasks")
+    save_contract(build_contract(task, AutoTokenizer.from_pretrained(dest), base_model=base["name"], adapter=True,
+                                 lora_r=16, base_path=base["where"], base_source=base["source"],
+                                 base_sha256=base["sha256"], training="lora"), dest)
+    return checkpoint
+
+
 def summarize(run: Path, model: str = "model") -> dict:
     """The run's curve (train_summary.json, or train_log.jsonl of a run stopped before saving) and its scores on the
     gold, dev and holdout sets (`model`: the folder scored, e.g. a checkpoint made servable)."""
@@ -79,6 +103,7 @@ def main() -> None:
     ap.add_argument("--summarize", type=Path, help="a trained run: print its curve and scores, train nothing")
     ap.add_argument("--model", default="model", help="with --summarize: a run folder inside the run to score instead "
                     "(e.g. a checkpoint made servable: <run>/ck/model)")
+    ap.add_argument("--checkpoint", help="with --summarize: score this Trainer checkpoint (a run stopped by hand)")
     ap.add_argument("--precision-only", action="store_true")
     a = ap.parse_args()
     if a.precision_only or not a.summarize:
@@ -86,7 +111,8 @@ def main() -> None:
     if a.precision_only:
         return
     if a.summarize:
-        print(json.dumps(summarize(a.summarize, a.model), indent=1))
+        model = servable_checkpoint(a.summarize, a.checkpoint) if a.checkpoint else a.model
+        print(json.dumps(summarize(a.summarize, model), indent=1))
         return
     runs = Path(tempfile.mkdtemp(prefix="main_job_")) / "runs"
     load = os.getloadavg()[0]

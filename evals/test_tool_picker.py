@@ -27,9 +27,11 @@ MIN = {"json_valid": 1.0, "schema_valid": 1.0, "field.tool": 0.96, "field.query.
        "field.query.null_recall": 0.85}
 MIN_DEV = {"json_valid": 1.0, "schema_valid": 1.0, "field.tool": 0.85, "field.query.token_f1": 0.78,
            "field.query.null_recall": 0.87}
-# The holdout set: floors set once, after the fact, under the one measurement there is (BENCHMARKS.md "Training length
-# by measurement"); never tuned on. JSON and schema validity are the decoder's promise.
-MIN_HOLDOUT = {"json_valid": 1.0, "schema_valid": 1.0}
+# The holdout set: floors set once, after the fact, under the two models measured on it (BENCHMARKS.md "Training
+# length by measurement": tool 0.969 / query F1 0.880 and 0.843 / null recall 1.00, one seed); never tuned on. About
+# three rows under the measurement, since one seed says little about the spread.
+MIN_HOLDOUT = {"json_valid": 1.0, "schema_valid": 1.0, "field.tool": 0.92, "field.query.token_f1": 0.78,
+               "field.query.null_recall": 0.75}
 
 
 @pytest.mark.slow  # trains a model when ./runs has no fresh one
