@@ -228,9 +228,9 @@ def train_run(task, run_dir: Path, cfg: TrainConfig, validator: Validator | None
     trainer = make_trainer(model, tokenizer, args, train_rows, peft_config, callbacks)
 
     # run
+    start_step = read_json(plan.resume_from / "trainer_state.json")["global_step"] if plan.resume_from else 0
     if plan.resume_from is not None and main:
-        step = read_json(plan.resume_from / "trainer_state.json")["global_step"]
-        print(f"resuming from {plan.resume_from.name} (step {step})")
+        print(f"resuming from {plan.resume_from.name} (step {start_step})")
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
     seconds = time.perf_counter() - start
@@ -247,7 +247,7 @@ def train_run(task, run_dir: Path, cfg: TrainConfig, validator: Validator | None
             "resumed_from": plan.resume_from.name if plan.resume_from else None,
             "base_model": "tiny" if plan.full else plan.base.name, "full_training": plan.full, "device": device,
             "precision": precision, "length": "measured" if length.measured else "fixed", **measured,
-            "seconds_per_step": round(seconds / max(1, trainer.state.global_step - _start_step(plan)), 3)}, main)
+            "seconds_per_step": round(seconds / max(1, trainer.state.global_step - start_step), 3)}, main)
     if world_size() > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return run.model
@@ -372,12 +372,6 @@ def _contract(task, tokenizer, plan: Plan) -> dict:
                           lora_r=None if full else plan.lora_r, base_path=None if full else plan.base.where,
                           base_source=plan.base.source, base_sha256=plan.base.sha256,
                           training="full" if full else "lora")
-
-
-def _start_step(plan: Plan) -> int:
-    if plan.resume_from is None:
-        return 0
-    return read_json(plan.resume_from / "trainer_state.json")["global_step"]
 
 
 def lora_config(model, cfg: TrainConfig, r: int, alpha: int):
