@@ -39,11 +39,11 @@ def precision_probe(reps: int = 5) -> dict:
                 (x @ w.T).float().sum().backward()
             times[name].append((time.perf_counter() - t0) * 1000)
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    from schemabuild.train.fit import choose_precision
+    from schemabuild.train.fit import train_precision
     from schemabuild.train.settings import TrainConfig
 
     return {"ms_median": {k: round(v, 3) for k, v in med.items()}, "bf16_over_fp32": round(med["bf16-autocast"] / med["fp32"], 2),
-            "auto_chooses": choose_precision(TrainConfig(), "cpu")}
+            "auto_chooses": train_precision(TrainConfig(), "cpu")}
 
 
 def servable_checkpoint(run: Path, checkpoint: str) -> str:

@@ -453,11 +453,11 @@ def test_lora_layers_adapts_only_the_top_layers(tiny_model_dir):
 def test_precision_comes_from_the_cpu_flags_and_is_announced(monkeypatch):
     from schemabuild.train import fit
 
-    monkeypatch.setattr(fit, "cpu_flags", lambda: {"fma", "avx2"})
-    assert fit.choose_precision(TrainConfig(), "cpu") == ("fp32", "this CPU has no bf16: avx2")
-    monkeypatch.setattr(fit, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
-    assert fit.choose_precision(TrainConfig(), "cpu") == ("bf16", "CPU autocast: amx_bf16, avx512_bf16")
-    assert fit.choose_precision(TrainConfig(precision="fp32"), "cpu") == ("fp32", "--precision fp32")
+    monkeypatch.setattr(fit.engine_precision, "cpu_flags", lambda: {"fma", "avx2"})
+    assert fit.train_precision(TrainConfig(), "cpu") == ("fp32", "this CPU has no bf16: avx2")
+    monkeypatch.setattr(fit.engine_precision, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
+    assert fit.train_precision(TrainConfig(), "cpu") == ("bf16", "CPU autocast: amx_bf16, avx512_bf16")
+    assert fit.train_precision(TrainConfig(precision="fp32"), "cpu") == ("fp32", "--precision fp32")
     with pytest.raises(ConfigError, match="--precision"):
         TrainConfig(precision="fp8")
 

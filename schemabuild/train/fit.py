@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from schemabuild.config import resolved
 from schemabuild.contract import build_contract, render_prompt, save_contract
+from schemabuild import precision as engine_precision
 from schemabuild.errors import ConfigError, TaskError
 from schemabuild.runs import Run, read_json, write_json
 from schemabuild.train.base import Base, build_tiny_base, resolve_base
@@ -141,17 +142,7 @@ class Plan:
     resume_from: Path | None = None
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
-    return set(line.partition(":")[2].split())
-
-
-def choose_precision(cfg: TrainConfig, device: str) -> tuple[str, str]:
+def train_precision(cfg: TrainConfig, device: str) -> tuple[str, str]:
     """("bf16" | "fp32", why): bf16 weights on a CUDA GPU that has it; bf16 autocast on a CPU with native bf16
     (avx512_bf16 / amx_bf16: a bf16 matmul ran 2x fp32 on such a machine); fp32 elsewhere (on AVX2 alone bf16 is
     emulated, slower than fp32)."""
@@ -163,8 +154,8 @@ def choose_precision(cfg: TrainConfig, device: str) -> tuple[str, str]:
             raise ConfigError("--precision bf16: this GPU has no bf16")
         chosen = "fp32" if cfg.precision == "fp32" or not ok else "bf16"
         return chosen, "GPU" if chosen == "bf16" else ("--precision fp32" if ok else "this GPU has no bf16")
-    flags = cpu_flags()
-    native = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    flags = engine_precision.cpu_flags()
+    native = sorted(flags & set(engine_precision.BF16_FLAGS))
     if cfg.precision != "auto":
         return cfg.precision, f"--precision {cfg.precision}" + ("" if native or cfg.precision == "fp32" else ", emulated on this CPU")
     if native:
@@ -195,7 +186,7 @@ def train_run(task, run_dir: Path, cfg: TrainConfig, validator: Validator | None
     val_rows, val_stats = load_split(task, tokenizer, run.dir, "val", cfg.max_length)
     _check_rows(task, run, cfg, train_rows, train_stats, main)
     max_length = cfg.max_length or max(train_stats["longest"], val_stats["longest"])
-    precision, why = choose_precision(cfg, device)
+    precision, why = train_precision(cfg, device)
     bf16 = precision == "bf16"
     length = plan_length(cfg, "tiny" if plan.full else "lora", plan.epochs, len(train_rows),
                          plan.batch_size * cfg.grad_accum * world_size(), validator, device)
