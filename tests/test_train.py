@@ -142,6 +142,54 @@ def test_labels_mask_the_prompt_and_train_the_end_of_turn(tool_picker, tiny_mode
     assert tok.decode(labels[n_prompt:-1]) == canonical_json(ex.output)
 
 
+def test_answer_only_loss_equals_trls_loss_and_gradients(tool_picker, tiny_model_dir, tmp_path):
+    """The head on the labelled positions only gives TRL's loss and the same LoRA gradients, on padded batches of
+    rows of different lengths; a model type it does not know keeps TRL's loss."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from schemabuild.contract import canonical_json
+    from schemabuild.train import answer_loss, make_trainer, sft_config
+    from schemabuild.train.fit import lora_config
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = [encode_example(tok, "Pick a tool.", ex.input + " la" * i, canonical_json(ex.output))
+            for i, ex in enumerate(tool_picker.examples * 2)]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    cfg = TrainConfig(**QUICK, lora_dropout=0.0)
+    args = sft_config(cfg, tmp_path / "ckpt", lr=1e-3, epochs=1, batch_size=len(rows), max_length=512,
+                      device="cpu", bf16=False)
+    trainer = make_trainer(model, tok, args, rows, lora_config(model, cfg, 8, 16))
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert int(batch["attention_mask"].sum()) < batch["attention_mask"].numel()  # padding is in the batch
+    peft_model = trainer.model
+    assert answer_loss.applies(peft_model)
+    with torch.no_grad():  # non-zero LoRA B, so the adapter changes the outputs whose gradients are compared
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+
+    def loss_and_grads(fn):
+        peft_model.zero_grad()
+        loss = fn()
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+
+    ours, ours_g = loss_and_grads(lambda: trainer.compute_loss(peft_model, dict(batch)))
+    parent = type(trainer).__mro__[1]  # TRL's SFTTrainer
+    trls, trls_g = loss_and_grads(lambda: parent.compute_loss(trainer, peft_model, dict(batch)))
+    assert ours == pytest.approx(trls, rel=1e-5)
+    assert ours_g.keys() == trls_g.keys() and len(ours_g) > 0
+    for name in ours_g:
+        assert torch.allclose(ours_g[name], trls_g[name], rtol=1e-4, atol=1e-6), name
+
+    peft_model.get_base_model().config.model_type = "gemma2"  # soft-capped logits: not the head's plain product
+    try:
+        assert not answer_loss.applies(peft_model)
+    finally:
+        peft_model.get_base_model().config.model_type = "llama"
+
+
 def test_group_by_length_batches_rows_of_similar_length(tool_picker, tiny_model_dir, tmp_path):
     """--group-by-length puts rows of like length in a batch (less padding); the default random batches do not."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -4,6 +4,7 @@
     base       --base resolution (hub default → registry base → embedded tiny model); registry: fetch + convert
     data       a run's rows tokenized by the contract
     fit        `train_run`: setup → TRL SFTTrainer (+ PEFT LoRA) → save model/
+    answer_loss  the loss with the output head on the answer positions only (what the trainer minimises)
     export     merged model, vLLM folder
     gguf       one GGUF file for llama.cpp (q8_0 / f16 / f32), or a GGUF + Ollama Modelfile
 

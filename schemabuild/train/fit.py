@@ -45,6 +45,7 @@ from schemabuild.contract import build_contract, render_prompt, save_contract
 from schemabuild import precision as engine_precision
 from schemabuild.errors import ConfigError, TaskError
 from schemabuild.runs import Run, read_json, write_json
+from schemabuild.train import answer_loss
 from schemabuild.train.base import Base, build_tiny_base, resolve_base
 from schemabuild.train.data import MIN_ROWS, load_split
 from schemabuild.train.length import Validator, curve_callback, plan_length
@@ -435,17 +436,17 @@ def sft_config(cfg: TrainConfig, output_dir: Path, *, lr: float, epochs: float, 
 
 
 def make_trainer(model, tokenizer, args, train_rows: list[dict], peft_config=None, callbacks=()):
-    """A TRL SFTTrainer over pre-tokenized rows: TRL turns `completion_mask` into labels (-100 on the prompt)."""
+    """A TRL SFTTrainer over pre-tokenized rows: TRL turns `completion_mask` into labels (-100 on the prompt); the loss
+    runs the output head on the answer positions only (`answer_loss`)."""
     import warnings
 
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
-    from trl import SFTTrainer
-
     # TRL asks PEFT models the deprecated `is_gradient_checkpointing`: a library-internal notice, not the user's.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows), processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=list(callbacks))
+    trainer = answer_loss.trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                                          processing_class=tokenizer, peft_config=peft_config,
+                                          callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; Progress prints one plain line instead
     return trainer
 

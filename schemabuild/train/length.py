@@ -1,9 +1,9 @@
 """Training length by measurement: validation accuracy per field during training, the best weights kept, an early stop.
 
 Without `--epochs`, a run trains until the task's own per-field accuracy on (the first rows of) the validation split
-stops improving: every `val_every` steps the model in training decodes those rows through the contract (the same
-`Predictor` and constrained decoder as eval and serving; the scoring comes from the caller, see `Validator`), the
-mean field accuracy is compared with the best so far, the best weights are kept in memory, and training stops
+stops improving: from `min_epochs` on, every `val_every` steps (and at the last step) the model in training decodes
+those rows through the contract (the same `Predictor` and constrained decoder as eval and serving; the scoring comes
+from the caller, see `Validator`), the mean field accuracy is compared with the best so far, the best weights are kept in memory, and training stops
 `patience` measurements after the last gain, or at once when every field is right, but never before `min_epochs`.
 The learning-rate schedule is planned over `max_epochs`. At the end the best weights are put back before saving.
 
@@ -117,10 +117,12 @@ def curve_callback(task, tokenizer, contract: dict, validator: Validator, plan: 
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             step = state.global_step
-            if step % plan.val_every and step < state.max_steps:
+            # before the minimum length a measurement could neither stop training nor be kept (it is far from
+            # converged there): the first is at the minimum, then every val_every steps, and at the last step
+            if step < state.max_steps and (step % plan.val_every or step < plan.min_steps):
                 return
             point = self.measure(model, state)
-            if step >= state.max_steps or step < plan.min_steps:
+            if step >= state.max_steps:
                 return
             self.stopped = stop_reason(point, self.since_best, self.best["step"], plan.patience)
             if self.stopped:
