@@ -100,6 +100,42 @@ def test_enum_fields_and_non_verbatim_strings_are_never_slots():
         assert "positive" not in text or out.sentiment == "positive"
 
 
+class Mood(BaseModel):
+    mood: Literal["happy", "sad"]
+    note: Optional[str] = None
+
+
+class Complaints(BaseModel):
+    mood: Literal["happy", "sad"]
+    count: int
+
+
+def test_a_group_without_slots_gets_joined_and_crossed_messages_of_its_own_label():
+    """Slot-free examples of one label make new messages (joined, crossed at a shared word) of that label only;
+    not where the output holds a value the text could change (a count)."""
+    happy = ["what a lovely day with friends", "i love this sunny weather", "the party with friends was great"]
+    sad = ["my cat is sick today", "the rain ruined the picnic"]
+    task = Task(name="moods", instructions="x", output=Mood, examples=[Example(t, Mood(mood="happy")) for t in happy]
+                + [Example(t, Mood(mood="sad")) for t in sad])
+    t = OfflineTeacher(task)
+    made = {k: [c for c in v if c.kind in ("joined", "crossed")] for k, v in t.spliced.items()}
+    by_mood = {json.loads(k)["mood"]: v for k, v in made.items()}
+    joined = [c.parts[0] for c in by_mood["happy"] if c.kind == "joined"]
+    crossed = [c.parts[0] for c in by_mood["happy"] if c.kind == "crossed"]
+    assert 1 <= len(joined) <= len(happy) and 1 <= len(crossed) <= len(happy)
+    assert all(sum(h.lower() in j.lower() for h in happy) == 2 for j in joined)  # two of its own examples
+    assert "what a lovely day with friends was great" in crossed or "the party with friends" in " ".join(crossed)
+    assert not any(s in " ".join(joined + crossed) for s in sad)  # never another label's text
+    pairs = t.pool(60, seed=0)
+    assert any(sum(h in text.lower() for h in happy) == 2 and json.loads(raw)["mood"] == "happy" for text, raw in pairs)
+    for text, raw in pairs:
+        assert json.loads(raw)["mood"] == ("sad" if any(w in text.lower() for w in ("sick", "rain")) else "happy")
+
+    counted = Task(name="counted", instructions="x", output=Complaints, examples=[
+        Example(t, Complaints(mood="sad", count=1)) for t in sad] + [Example(happy[0], Complaints(mood="happy", count=0))])
+    assert not any(c.kind in ("joined", "crossed") for v in OfflineTeacher(counted).spliced.values() for c in v)
+
+
 class Trip(BaseModel):
     city: str
     days: int

@@ -11,7 +11,9 @@ How pairs are built, for any task:
   Slots inside lists also take other examples' values of the same field.
 - Derived carriers (`derive`): lists of every length up to three longer than the examples', from all
   examples' item forms; an optional value dropped with the word that introduced it (the field null); spliced
-  carriers (one example's text before its slots, another's after, same group).
+  carriers (one example's text before its slots, another's after, same group). A group with no slots, whose
+  label is its content (tool_picker's no_tool), gets messages of two of its examples joined, or crossed at a
+  word both use, where its output holds only label values and nulls.
 - Most rows get surface variants: casing, fillers, politeness, a request put as a question, context before it,
   punctuation, a letter typo in a carrier word, all capitals or lowercase (the label follows). A wrapper
   holding a word the examples use with one label value only is never added, and such words are never misspelt.
@@ -51,6 +53,8 @@ LEAD_INS = ["sorry to bother you but ", "before i forget, ", "one more thing: ",
 PREFACES = ["Hope you're well.", "Hi, it's me again.", "Thanks for the help last time.",
             "Hello from the other side of the office.", "Here goes.", "Another one for you.", "Good to see you online."]
 ENDINGS = ["?", "!", "!!", ".", "..."]
+JOINS = [". ", ", ", "! ", " and ", " ", "... "]
+"""How two messages of a group without slots are joined into one of several sentences."""
 MAX_VARIANTS = 48
 """Most surface variants tried per filled carrier."""
 INVENTED_FILLS = 5
@@ -104,7 +108,7 @@ class OfflineTeacher:
             "polite_before": POLITE_BEFORE, "polite_after": POLITE_AFTER, "lead_in": LEAD_INS, "preface": PREFACES,
             "before": FILLERS_BEFORE + [f + " " for f in fillers], "after": FILLERS_AFTER + [" " + f for f in fillers],
         }.items()}
-        self.spliced = {key: self._splices(members) for key, members in self.groups.items()}
+        self.spliced = {key: self._splices(members) + self._content(members) for key, members in self.groups.items()}
         derived = derive_carriers(self, shapes=LIST_SHAPES, longer=LIST_LONGER)
         for c in derived:
             self.spliced[c.group].append(c)
@@ -168,6 +172,41 @@ class OfflineTeacher:
                     out.append(Carrier(parts, i, a.group, a.slots, kind="spliced"))
         return out
 
+    def _content(self, members: list[int]) -> list[Carrier]:
+        """New wording for a group whose examples have no slots (for tool_picker: no_tool), whose label is their
+        content: two of its examples joined as one message of several sentences, and two of them crossed at a word
+        both use ("hey billy how are you" x "thanks billy you're great" -> "hey billy you're great"). Only where the
+        output holds label values and nulls alone, so no count or free value could change with the text (two
+        messages of one label keep it). At most as many of each as the group has examples, so single messages
+        stay a good share of its rows."""
+        if len(members) < 2 or any(self.carriers[i].slots for i in members):
+            return []
+        out = self.outputs[members[0]]
+        labels = {path for path, _ in label_leaves(self.schema, out)}
+        if any(path not in labels for path, _ in leaves(out)):
+            return []
+        rng = random.Random("content:" + self.carriers[members[0]].group)
+        texts = {i: self.task.examples[i].input.strip() for i in members}
+        pairs = [(i, j) for i in members for j in members if i != j]
+        rng.shuffle(pairs)
+        joined, crossed, seen = [], [], {normalize(t) for t in texts.values()}
+        for i, j in pairs:
+            a, b = texts[i], texts[j]
+            if len(joined) < len(members):
+                sep = rng.choice(JOINS) if a[-1].isalnum() else " "
+                joined.append(a + sep + (b[0].upper() + b[1:] if sep.strip() in ".!?" and sep.strip() else b))
+            wa, wb = a.split(), b.split()
+            shared = [w for w in dict.fromkeys(wa[1:]) if len(w) >= 3 and wa.count(w) == 1 and wb.count(w) == 1]
+            if shared and len(crossed) < len(members):
+                w = rng.choice(shared)
+                text = " ".join(wa[:wa.index(w)] + wb[wb.index(w):])
+                if normalize(text) not in seen:
+                    crossed.append(text)
+            seen.update(normalize(t) for t in joined + crossed)
+        group = self.carriers[members[0]].group
+        return [Carrier([t], members[0], group, (), kind=kind) for kind, made in (("joined", joined), ("crossed", crossed))
+                for t in dict.fromkeys(made)]
+
     def _openers(self) -> dict[str, set[str]]:
         """Leading words (1-2) that start examples of at least three groups, so they carry no label.
 
@@ -212,7 +251,7 @@ class OfflineTeacher:
     def _donors(self, carrier: Carrier) -> list[tuple]:
         """Slot value tuples: from every example of its group, same-named hints, then new values of each slot's shape."""
         donors = []
-        if carrier.kind in ("example", "spliced"):
+        if carrier.kind in ("example", "spliced", "joined", "crossed"):
             for j in self.groups[carrier.group]:
                 values = tuple(get_path(self.outputs[j], p) for p in carrier.slots)
                 if values not in donors:
@@ -430,7 +469,9 @@ class OfflineTeacher:
         n_slots = sum(1 for c in self.carriers if c.slots)
         text = (f"offline teacher, no LLM: pairs built from the task's {len(self.task.examples)} examples "
                 f"({n_slots} with values found in their input; {self.derived.get('list', 0)} carriers with lists "
-                f"of other lengths, {self.derived.get('null', 0)} with an optional value dropped; "
+                f"of other lengths, {self.derived.get('null', 0)} with an optional value dropped, "
+                f"{sum(c.kind in ('joined', 'crossed') for v in self.spliced.values() for c in v)} joining or "
+                "crossing two slot-free examples of one label; "
                 f"{len(self.groups)} groups), slots filled with other examples' values or new ones of the "
                 "same form (numbers, ids, names, made-up or everyday words), and surface variants (casing, "
                 "politeness, a request put as a question, context before the request, typos). Labels are as right as the examples. "
