@@ -5,7 +5,7 @@ tool_picker row. TRL's loss runs the output head (49k-token vocabulary for SmolL
 computes its entropy and token-accuracy metrics over all of them. Here the backbone's hidden states are gathered at
 the labelled positions first, so the head, the softmax and the cross-entropy see only those: the same loss value and
 gradients (the unlabelled positions add nothing to either), for less work. Measured side by side on SmolLM2-135M
-LoRA, 2 CPU cores, tool_picker rows at batch 8 (bench/train.py --loss): see BENCHMARKS.md "Answer-only loss".
+LoRA, 2 CPU cores, batch 8 (bench/answer_loss.py): see BENCHMARKS.md "Answer-only loss".
 
 It applies where it is exact and safe; anything else keeps TRL's own loss:
 - a model whose logits are its output head's product (`PLAIN_HEAD_TYPES`: no soft-capping or logit scale);
