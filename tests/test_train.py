@@ -510,6 +510,16 @@ def test_precision_comes_from_the_cpu_flags_and_is_announced(monkeypatch):
         TrainConfig(precision="fp8")
 
 
+def test_a_gain_is_two_more_right_answers_not_one():
+    from schemabuild.train.length import is_gain
+
+    # 48 rows x 2 fields = 96 answers: one more right (0.0104) is noise, two more (0.0208) a gain
+    assert not is_gain(0.90 + 1 / 96, 0.90, rows=48, fields=2)
+    assert is_gain(0.90 + 2 / 96, 0.90, rows=48, fields=2)
+    assert not is_gain(0.89, 0.90, rows=48, fields=2)
+    assert is_gain(0.75, 0.25, rows=4, fields=2)
+
+
 def test_length_plan_is_fixed_by_epochs_or_measured_on_the_validation_rows():
     from types import SimpleNamespace
 

@@ -3,8 +3,9 @@
 Without `--epochs`, a run trains until the task's own per-field accuracy on (the first rows of) the validation split
 stops improving: from `min_epochs` on, every `val_every` steps (and at the last step) the model in training decodes
 those rows through the contract (the same `Predictor` and constrained decoder as eval and serving; the scoring comes
-from the caller, see `Validator`), the mean field accuracy is compared with the best so far, the best weights are kept in memory, and training stops
-`patience` measurements after the last gain, or at once when every field is right, but never before `min_epochs`.
+from the caller, see `Validator`), the mean field accuracy is compared with the best so far (a gain is
+`GAIN_ANSWERS` more right answers), the best weights are kept in memory, and training stops `patience` measurements
+after the last gain, or at once when every field is right, but never before `min_epochs`.
 The learning-rate schedule is planned over `max_epochs`. At the end the best weights are put back before saving.
 
 Under a launcher every process measures the same rows with the same weights, so all of them stop at the same step.
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from schemabuild.predictor import Predictor
-from schemabuild.train.settings import LENGTH_DEFAULTS, TrainConfig
+from schemabuild.train.settings import GAIN_ANSWERS, LENGTH_DEFAULTS, TrainConfig
 
 
 class Validator(Protocol):
@@ -74,6 +75,12 @@ def mean_accuracy(measure: dict) -> float:
     """The one number a measurement is judged by: the mean accuracy over the task's fields."""
     values = [v for v in measure["fields"].values() if v is not None]
     return sum(values) / len(values) if values else 0.0
+
+
+def is_gain(score: float, best: float, rows: int, fields: int) -> bool:
+    """At least GAIN_ANSWERS more right answers (net, over rows x fields) than the best: one answer flipping back and
+    forth between measurements is noise, and would keep resetting the patience."""
+    return score >= best + GAIN_ANSWERS / (max(1, rows) * max(1, fields)) - 1e-9
 
 
 def stop_reason(point: dict, since_best: int, best_step: int, patience: int) -> str | None:
@@ -147,7 +154,8 @@ def curve_callback(task, tokenizer, contract: dict, validator: Validator, plan: 
                      "val_score": round(score, 4), "val_exact": measure.get("exact_match"),
                      "val_fields": measure["fields"], "seconds": round(time.perf_counter() - start, 2)}
             point["perfect"] = score >= 1.0 and (measure.get("exact_match") or 0) >= 1.0
-            gain = self.best is None or score > self.best_score + 1e-9
+            scored = sum(v is not None for v in measure["fields"].values())
+            gain = self.best is None or is_gain(score, self.best_score, len(validator.texts), scored)
             if gain:
                 self.best, self.best_score, self.since_best = point, score, 0
                 self.best_weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -32,6 +32,9 @@ LENGTH_DEFAULTS = {
     "lora": {"min_epochs": 0.5, "max_epochs": {"cpu": 1.0, "cuda": 3.0}, "val_every": 0.25, "patience": 2},
     "tiny": {"min_epochs": 4.0, "max_epochs": {"cpu": 8.0, "cuda": 8.0}, "val_every": 1.0, "patience": 2},
 }
+GAIN_ANSWERS = 2
+"""A measurement is a gain (new best weights, patience reset) when at least this many more validation answers are
+right than at the best so far, counted over rows x fields: one answer flipping between measurements is noise."""
 VAL_ROWS = 48
 """Validation rows decoded at each measurement (the first of data/val.jsonl): ~1-2 s per row-batch on 2 CPU cores."""
 # A near-byte-level tokenizer for the tiny base: every word, seen in training or not, is made of pieces the model
