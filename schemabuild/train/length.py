@@ -21,6 +21,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
+from tqdm.auto import tqdm
+
 from schemabuild.predictor import Predictor
 from schemabuild.train.settings import GAIN_ANSWERS, LENGTH_DEFAULTS, TrainConfig
 
@@ -95,8 +97,9 @@ def stop_reason(point: dict, since_best: int, best_step: int, patience: int) -> 
 def log_point(point: dict, gain: bool, log_path: Path) -> None:
     """One progress line per measurement, and its line in train_log.jsonl."""
     fields = "  ".join(f"{k} {v:.3f}" for k, v in point["val_fields"].items() if v is not None)
-    print(f"val step {point['step']}: {fields}  exact {point['val_exact'] or 0:.3f}"
-          f"{'  (best)' if gain else ''}  [{point['seconds']:.0f}s]", flush=True)
+    # through tqdm, so the line lands above the training bar instead of at its end
+    tqdm.write(f"val step {point['step']}: {fields}  exact {point['val_exact'] or 0:.3f}"
+               f"{'  (best)' if gain else ''}  [{point['seconds']:.0f}s]")
     with log_path.open("a") as f:
         f.write(json.dumps({"step": point["step"], "epoch": point["epoch"], "val": point}) + "\n")
 
@@ -135,7 +138,7 @@ def curve_callback(task, tokenizer, contract: dict, validator: Validator, plan: 
             if self.stopped:
                 control.should_training_stop = True
                 if main:
-                    print(f"stopping: {self.stopped}", flush=True)
+                    tqdm.write(f"stopping: {self.stopped}")
 
         def measure(self, model, state) -> dict:
             was_training = model.training
