@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from schemabuild.contract import encode_prompt, grammar_schema, load_contract
+from schemabuild.inference.speculate import MAX_DRAFT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -140,7 +141,7 @@ def test_drafts_of_greedy_rows_within_grammar_stop_and_budget(tiny, tool_picker)
     decoder = Decoder(model, tok, stops)
 
     def propose(seq, _stops):
-        return decoder.lookup.draft(seq)
+        return decoder.lookup.draft(seq, MAX_DRAFT)
     schema = grammar_schema(tool_picker.output)
     prompt = encode_prompt(tok, tool_picker.instructions, "play some kenji abbott")
     head = tok('{"tool":"music.play","query":"kenji', add_special_tokens=False)["input_ids"]
@@ -186,6 +187,27 @@ def test_drafts_of_greedy_rows_within_grammar_stop_and_budget(tiny, tool_picker)
     assert len("kenji" + tok.decode(cut)) == 7  # as far as maxLength allows
 
 
+def test_drafts_shrink_as_the_batch_grows(tiny, tool_picker):
+    from schemabuild.inference.kv import Batch
+    from schemabuild.inference.speculate import PASS_SLOTS, draft_limit
+
+    assert [draft_limit(n) for n in (1, 2, 4, 8, 9, 32)] == [MAX_DRAFT, 7, 3, 1, 0, 0]
+    base, tok, contract = tiny
+    spec, _ = decoders(copying(base, tok, [encode_prompt(tok, tool_picker.instructions, t) for t in TEXTS]), tok,
+                       contract)
+    for n in (2, 4, 12):
+        reqs = requests(tok, tool_picker, TEXTS[:n], grammar_schema(QUERY), max_tokens=30)
+        batch, widest, full = Batch(), 0, 0
+        spec.step(batch, reqs)
+        while batch.rows:
+            longest = max(len(s.draft) for s in batch.rows)
+            assert len(batch.rows) * (1 + longest) <= max(PASS_SLOTS, 1 + MAX_DRAFT)
+            widest = max(widest, longest)
+            full += len(batch.rows) >= 9  # no drafts at all: the invariant above
+            spec.step(batch)
+        assert widest > 0 and (full > 0) is (n >= 9)  # the 12 rows draft once enough of them finished
+
+
 # ---- exactness ---------------------------------------------------------------------------------------
 
 def requests(tok, task, texts, schema, **kw):
@@ -214,8 +236,10 @@ def test_speculation_gives_plain_greedy_outputs_in_fewer_passes(tiny, tool_picke
         assert sum(r.finish_reason == "stop" for r in want) >= 2
         assert plain.drafts == {}
         kept = spec.drafts["kept"]
-        same(spec.generate(reqs), want)  # batched: rows draft, keep and reject different lengths in one pass
+        for i in range(0, len(reqs), 4):  # batched: rows draft, keep and reject different lengths in one pass
+            same(spec.generate(reqs[i:i + 4]), want[i:i + 4])
         assert spec.drafts["kept"] > kept
+        same(spec.generate(reqs), want)  # too many rows to draft
     assert any('","note":"' in r.text for r in want)  # the pasted text was copied through the forced key
 
 
@@ -226,7 +250,8 @@ def test_unconstrained_and_json_object_rows_speculate_exactly(tiny, tool_picker)
             + requests(tok, tool_picker, texts, None, max_tokens=24, constrained=False))
     model = copying(base, tok, [r.prompt_ids for r in reqs])
     spec, plain = decoders(model, tok, contract)
-    same(spec.generate(reqs), plain.generate(reqs))
+    for i in range(0, len(reqs), 2):
+        same(spec.generate(reqs[i:i + 2]), plain.generate(reqs[i:i + 2]))
     assert spec.drafts["kept"] > 0
 
 
@@ -278,11 +303,11 @@ def test_drafts_kept_cut_or_rejected_at_once_leave_the_cache_exact(tiny, tool_pi
 
     real = spec.lookup.draft
 
-    def scripted(seq, k=6):
+    def scripted(seq, k):  # as many as 6 draft tokens, whatever the batch
         kind, done = plan[id(seq.req)], len(seq.ids)
         if kind == "sampled":
-            return real(seq)
-        nxt = truth[id(seq.req)][done:done + k][: seq.req.max_tokens - done - 1]
+            return real(seq, k)
+        nxt = truth[id(seq.req)][done:done + 6][: seq.req.max_tokens - done - 1]
         if kind == "none" or not nxt:
             return []
         wrong = [(t + 1) % len(tok) for t in nxt]  # never the model's choice there
@@ -320,7 +345,7 @@ def test_lone_row_rejections_are_cut_off_the_cache(tiny, tool_picker, monkeypatc
     [want] = plain.generate([req])
     truth = want.token_ids
     monkeypatch.setattr(spec.lookup, "draft",
-                        lambda seq: [] if len(seq.ids) >= len(truth) - 1 else
+                        lambda seq, k: [] if len(seq.ids) >= len(truth) - 1 else
                         [(truth[len(seq.ids)] + 1) % len(tok)] * 5)
     batch = Batch()
     [seq], _ = spec.step(batch, [req])

@@ -23,7 +23,7 @@ from schemabuild.inference.jump import JumpForward
 from schemabuild.inference.kv import Batch, PrefixCache, drop_rejected, pass_inputs, start_cache
 from schemabuild.inference.request import Request, Result, Sequence, check_request
 from schemabuild.inference.sampling import choose, new_generator
-from schemabuild.inference.speculate import PromptLookup
+from schemabuild.inference.speculate import PromptLookup, draft_limit
 
 
 class Decoder:
@@ -113,6 +113,11 @@ class Decoder:
             finished = [seq for seq in batch.rows if seq.finish is not None]
             finished += [seq for seq in new if seq.finish is not None and id(seq) not in early]
             batch.keep([seq for seq in batch.rows if seq.finish is None])
+            if self.lookup is not None:  # drafts for the next decode pass, shorter as the batch grows
+                k = draft_limit(len(batch.rows))
+                for seq in batch.rows:
+                    seq.draft = self.lookup.draft(seq, k) if k else []
+                    seq.pending += seq.draft
         return new, finished
 
     def drop(self, batch: Batch, seqs: list[Sequence]) -> None:
@@ -161,8 +166,7 @@ class Decoder:
 
     def _pass(self, live: list[Sequence], cache, mask):
         """One forward pass over `live`, then each sequence chooses and takes its next token (under its grammar's
-        mask), and the draft tokens it fed that the model confirms; then new drafts. Returns the grown (cache,
-        attention mask)."""
+        mask), and the draft tokens it fed that the model confirms. Returns the grown (cache, attention mask)."""
         import torch
 
         drafts = [seq.draft for seq in live]
@@ -185,12 +189,7 @@ class Decoder:
             rejected.append(None if seq.finish is not None else len(draft) - kept)
             if draft:
                 self.drafts.update(fed=len(draft), kept=kept)
-        cache, mask = drop_rejected(out.past_key_values, mask, rejected)
-        if self.lookup is not None:
-            for seq in live:
-                seq.draft = self.lookup.draft(seq)
-                seq.pending += seq.draft
-        return cache, mask
+        return drop_rejected(out.past_key_values, mask, rejected)
 
     def _choose(self, logits, seqs: list[Sequence], bitmask) -> tuple[list[int], list[float]]:
         """Each row's token (row i of `logits` is seqs[i]'s, masked by its grammar in row i of `bitmask`) and its
