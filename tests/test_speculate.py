@@ -211,9 +211,17 @@ def test_drafts_shrink_as_the_batch_grows(tiny, tool_picker):
 # ---- exactness ---------------------------------------------------------------------------------------
 
 def requests(tok, task, texts, schema, **kw):
+    """Requests with their shared prefix length, as the server builds them (so rows start from the prefix cache)."""
+    from schemabuild.contract import prompt_prefix, shared_prefix_len
     from schemabuild.inference.request import Request
 
-    return [Request(encode_prompt(tok, task.instructions, t), schema, **kw) for t in texts]
+    prefix = prompt_prefix(tok, task.instructions)
+    out = []
+    for t in texts:
+        ids = encode_prompt(tok, task.instructions, t)
+        out.append(Request(ids, schema, prefix_len=shared_prefix_len(prefix, ids), **kw))
+    assert all(r.prefix_len > 0 for r in out)
+    return out
 
 
 @pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
