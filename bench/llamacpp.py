@@ -2,6 +2,7 @@
 
     python bench/llamacpp.py --run runs/tool_picker/<run-id>
     python bench/llamacpp.py --run <run> --precisions auto,fp32 --threads 1 --repeat 2
+    python bench/llamacpp.py --run <run> --speculate on,off --limit 20     # prompt-lookup speculation on and off
 
 Prerequisites (the script stops with one line naming what is missing):
 - llama-cpp-python importable (`pip install --no-deps llama_cpp_python-*.whl`; build it from the registry's
@@ -14,7 +15,8 @@ Prerequisites (the script stops with one line naming what is missing):
 What runs, in one process and one run:
 1. the run's model merged (`schemabuild export --format merged`, cached under the run) and converted by llama.cpp's
    `convert_hf_to_gguf.py --outtype q8_0` (cached);
-2. one real `schemabuild serve` per `--precisions` entry on 127.0.0.1 (OMP_NUM_THREADS = --threads);
+2. one real `schemabuild serve` per `--precisions` entry and `--speculate` entry on 127.0.0.1 (OMP_NUM_THREADS =
+   --threads);
 3. llama.cpp in this process (`n_threads` = --threads), fed the SAME prompt token ids our contract renders
    (system = the student prompt, user = the message) and a grammar from the SAME JSON schema
    (`LlamaGrammar.from_json_schema`), greedy, `max_tokens` alike;
@@ -55,6 +57,8 @@ def parse_args(argv=None):
                     help="llama-cpp-python sdist (.tar.gz) or a llama.cpp folder holding convert_hf_to_gguf.py")
     ap.add_argument("--gguf", type=Path, default=None, help="use this GGUF instead of converting")
     ap.add_argument("--precisions", default="auto", help="our server's --precision values, one server each")
+    ap.add_argument("--speculate", default="on", help="on, off or on,off: our server's --speculate / --no-speculate "
+                    "(one server each, for every precision)")
     ap.add_argument("--threads", type=int, default=1, help="threads for both sides")
     ap.add_argument("--limit", type=int, default=0, help="first N gold messages (0 = all 56)")
     ap.add_argument("--repeat", type=int, default=1, help="tries per message and side; the fastest is kept")
@@ -180,13 +184,20 @@ def main(argv=None) -> None:
     servers = []
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     try:
+        modes = [m.strip() for m in args.speculate.split(",") if m.strip()]
+        if not set(modes) <= {"on", "off"}:
+            raise SystemExit(f"--speculate {args.speculate}: expected on, off or on,off")
         for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
-            port = bench_serve.free_port()
-            servers.append(bench_serve.start_server(run, port, max_batch=32, window_ms=3.0,
-                                        extra=["--precision", precision, "--max-tokens-cap", str(args.max_tokens),
-                                               "--compile-timeout-s", "300",  # a loaded box: no 400 on warm-up
-                                               "--default-max-tokens", str(args.max_tokens)]))
-            sides[f"ours /predict ({precision})"] = our_side(f"http://127.0.0.1:{port}", task.name)
+            for mode in modes:
+                port = bench_serve.free_port()
+                servers.append(bench_serve.start_server(
+                    run, port, max_batch=32, window_ms=3.0,
+                    extra=["--precision", precision, "--max-tokens-cap", str(args.max_tokens),
+                           "--compile-timeout-s", "300",  # a loaded box: no 400 on warm-up
+                           "--default-max-tokens", str(args.max_tokens),
+                           "--speculate" if mode == "on" else "--no-speculate"]))
+                name = precision if modes == ["on"] else f"{precision}, speculate {mode}"
+                sides[f"ours /predict ({name})"] = our_side(f"http://127.0.0.1:{port}", task.name)
         measure(task, gold, prompts, sides, args)
     finally:
         for proc in servers:
@@ -212,13 +223,13 @@ def measure(task, gold, prompts, sides: dict, args) -> None:
     p50_ref = statistics.median(secs[ref]) * 1000
     print(f"\n{len(gold)} gold messages, one request at a time, greedy, {args.threads} thread(s) each, "
           f"fastest of {args.repeat}")
-    print(f"  {'side':28s}{'p50 ms':>9s}{'p90 ms':>9s}{'vs llama.cpp':>14s}{'tool acc':>10s}{'same answer':>13s}")
+    print(f"  {'side':40s}{'p50 ms':>9s}{'p90 ms':>9s}{'vs llama.cpp':>14s}{'tool acc':>10s}{'same answer':>13s}")
     for name in sides:
         ms = sorted(s * 1000 for s in secs[name])
         p50, p90 = statistics.median(ms), ms[int(0.9 * (len(ms) - 1))]
         tool = sum(a is not None and a["tool"] == ex.output.tool for a, ex in zip(answers[name], gold)) / len(gold)
         same = sum(a == b for a, b in zip(answers[name], answers[ref]))
-        print(f"  {name:28s}{p50:9.1f}{p90:9.1f}{p50 / p50_ref:13.2f}x{tool:10.3f}{same:>9d}/{len(gold)}")
+        print(f"  {name:40s}{p50:9.1f}{p90:9.1f}{p50 / p50_ref:13.2f}x{tool:10.3f}{same:>9d}/{len(gold)}")
     for name in sides:
         if name != ref:
             ratio = statistics.median(secs[name]) * 1000 / p50_ref

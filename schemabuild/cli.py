@@ -230,13 +230,16 @@ def serve(ctx, tasks, tasks_dir, runs_dir, config_file, **options):
               show_default=True, help="Grammar engine for constrained decoding.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Weights: fp32, bf16, int8 or auto (as `serve`; announced on stderr).")
+@click.option("--speculate/--no-speculate", default=True, show_default=True,
+              help="Drafts copied from the message, kept where the model agrees (same answer, fewer passes).")
 @user_errors
-def predict(task, text, tasks_dir, runs_dir, run, max_tokens, grammar_backend, precision):
+def predict(task, text, tasks_dir, runs_dir, run, max_tokens, grammar_backend, precision, speculate):
     """Run TASK's model locally on TEXT (no server) and print the JSON output."""
     t = _load(task, tasks_dir)
     choice = choose_precision(precision, resolve_device())
     click.echo(choice.line, err=True)
-    predictor = Predictor.from_run(t, run=run, runs_dir=runs_dir, grammar_backend=grammar_backend, precision=choice)
+    predictor = Predictor.from_run(t, run=run, runs_dir=runs_dir, grammar_backend=grammar_backend, precision=choice,
+                                   speculate=speculate)
     result = predictor.predict(text, max_tokens=max_tokens)
     if result.output is None:
         click.echo(result.text, err=True)

@@ -25,29 +25,31 @@ class Predictor:
     """A task's model behind the constrained decoder, in this process."""
 
     def __init__(self, task, model, tokenizer, contract: dict, device=None, jump_forward: bool = True,
-                 prefix_cache: int = 8, grammar_backend: str = DEFAULT_BACKEND):
+                 prefix_cache: int = 8, grammar_backend: str = DEFAULT_BACKEND, speculate: bool = True):
         decoder = Decoder(model, tokenizer, stop_ids=list(contract["stop_ids"]), device=device,
-                          jump_forward=jump_forward, prefix_cache=prefix_cache, grammar_backend=grammar_backend)
+                          jump_forward=jump_forward, prefix_cache=prefix_cache, grammar_backend=grammar_backend,
+                          speculate=speculate)
         self.task_model = TaskModel(task, decoder, contract)
 
     # -- setup --
 
     @classmethod
     def from_model_dir(cls, task, model_dir, device=None, prefix_cache: int = 8,
-                       grammar_backend: str = DEFAULT_BACKEND, precision=None) -> "Predictor":
+                       grammar_backend: str = DEFAULT_BACKEND, precision=None, speculate: bool = True) -> "Predictor":
         """Load `model_dir` (full weights or a PEFT adapter) after checking its contract against `task`; `precision`
         (fp32 / bf16 / int8 / auto, or a resolved precision.Precision) as in models.load_model."""
         device = resolve_device(device)
         model, tokenizer, contract = load_model(task, model_dir, device, precision=precision)
         return cls(task, model, tokenizer, contract, device=device, prefix_cache=prefix_cache,
-                   grammar_backend=grammar_backend)
+                   grammar_backend=grammar_backend, speculate=speculate)
 
     @classmethod
     def from_run(cls, task, run=None, runs_dir=None, device=None, grammar_backend: str = DEFAULT_BACKEND,
-                 precision=None) -> "Predictor":
+                 precision=None, speculate: bool = True) -> "Predictor":
         """The model of `run` (a path or run id; default: the task's latest run)."""
         model_dir = resolve_run(task.name, run, runs_dir, need="model") / "model"
-        return cls.from_model_dir(task, model_dir, device, grammar_backend=grammar_backend, precision=precision)
+        return cls.from_model_dir(task, model_dir, device, grammar_backend=grammar_backend, precision=precision,
+                                  speculate=speculate)
 
     @classmethod
     def from_base(cls, task, base_dir_or_id, device=None, grammar_backend: str = DEFAULT_BACKEND) -> "Predictor":

@@ -60,6 +60,9 @@ class ServeConfig:
     """Memory a grammar compile may take, in a child process (400 invalid_schema above)."""
     grammar_backend: Literal["xgrammar", "llguidance"] = DEFAULT_BACKEND
     """Grammar engine for constrained decoding: xgrammar or llguidance (same answers on task schemas)."""
+    speculate: bool = True
+    """Greedy requests feed drafts copied from their prompt (answers often copy the message) and keep what the model
+    confirms: the same answers in fewer forward passes."""
 
     def __post_init__(self) -> None:
         if self.api_key is None:

@@ -55,8 +55,8 @@ class Job:
 
 class Engine:
     """Continuous batching: a worker thread keeps a running batch, and every step admits waiting requests (up to
-    `max_batch` rows in all), decodes one token (or a jump-forward span) for every row, and hands finished rows
-    back. LoRA adapters on one base share the batch when the decoder is `mixed` (`--mixed-adapters`), else each
+    `max_batch` rows in all), decodes one token (or a jump-forward span, or a confirmed draft) for every row, and
+    hands finished rows back. LoRA adapters on one base share the batch when the decoder is `mixed` (`--mixed-adapters`), else each
     adapter has a batch of its own and they take their steps in turn, so none starves.
 
     Admission: at most `max_queue` requests wait, and the tokens in flight (prompt + max_tokens of every request

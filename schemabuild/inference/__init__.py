@@ -7,6 +7,7 @@
     kv.py           the running batch's KV cache, the prefix KV cache
     sampling.py     greedy / temperature / top-p per sequence
     jump.py         jump-forward: forced text → tokens, the token-boundary check
+    speculate.py    prompt-lookup drafts for greedy sequences (verified by the decoder in the same pass)
     decoder.py      Decoder: step / generate / drop, group_key
     task_model.py   TaskModel: prompt or messages → Request; Result → Prediction + confidence
 """

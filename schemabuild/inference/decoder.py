@@ -1,5 +1,6 @@
 """Constrained decoding: our own KV-cached decode loop over a transformers model, with grammar masks,
-jump-forward and continuous batching (the server's scheduler, `schemabuild.serve.engine.Engine`, drives it).
+jump-forward, prompt-lookup speculation and continuous batching (the server's scheduler,
+`schemabuild.serve.engine.Engine`, drives it).
 
     decoder = Decoder(model, tokenizer, stop_ids=contract["stop_ids"])          # grammar_backend="llguidance"
     [result] = decoder.generate([Request(prompt_ids, grammar_schema(task.output))])
@@ -7,30 +8,37 @@ jump-forward and continuous batching (the server's scheduler, `schemabuild.serve
 One batch = one left-padded KV cache (`kv.Batch`). Each forward pass feeds every live sequence its pending tokens
 (the prompt, then the token just chosen plus any jump-forward tokens), right-aligned with an attention mask and
 explicit position ids, so sequences of different lengths share the pass. Finished sequences leave the cache.
+A greedy sequence may also feed a draft copied from its prompt (`speculate.py`): the pass then checks it, and the
+draft tokens the model would not have chosen leave the cache.
 A sequence may start from the cached KV of a prompt prefix many requests share (`kv.start_cache`).
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 
 from schemabuild.inference.grammars import DEFAULT_BACKEND, make_backend, printable_mask
 from schemabuild.inference.jump import JumpForward
-from schemabuild.inference.kv import Batch, PrefixCache, pass_inputs, start_cache
+from schemabuild.inference.kv import Batch, PrefixCache, drop_rejected, pass_inputs, start_cache
 from schemabuild.inference.request import Request, Result, Sequence, check_request
 from schemabuild.inference.sampling import choose, new_generator
+from schemabuild.inference.speculate import PromptLookup, draft_limit
 
 
 class Decoder:
     """Batched, grammar-constrained decoding with a KV cache over a transformers causal LM."""
 
     def __init__(self, model, tokenizer, stop_ids: list[int], device=None, jump_forward: bool = True,
-                 prefix_cache: int = 8, mixed_adapters: bool = False, grammar_backend: str = DEFAULT_BACKEND):
+                 prefix_cache: int = 8, mixed_adapters: bool = False, grammar_backend: str = DEFAULT_BACKEND,
+                 speculate: bool = True):
         """`prefix_cache`: how many shared prompt prefixes (see Request.prefix_len) keep their KV; 0 = no reuse.
         `mixed_adapters`: on a PEFT model with several LoRA adapters, sequences of every adapter share one batch and
         each forward pass, each LoRA layer adding its row's own adapter (PEFT's `adapter_names`); off, one batch per
         adapter (`set_adapter` before each). Off by default: on 2 CPU cores it measured no faster (BENCHMARKS.md).
-        `grammar_backend`: "xgrammar" or "llguidance" (`grammars.BACKENDS`)."""
+        `grammar_backend`: "xgrammar" or "llguidance" (`grammars.BACKENDS`).
+        `speculate`: greedy sequences feed drafts copied from their prompt (`speculate.py`): same outputs, fewer
+        passes."""
         import torch
 
         if not stop_ids:
@@ -39,9 +47,11 @@ class Decoder:
         self.stop_ids = [int(i) for i in stop_ids]
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.jump_forward = jump_forward
+        self.drafts = collections.Counter()  # "fed" draft tokens and "kept" ones, over the decoder's life
         self.vocab_size = int(model.config.vocab_size if hasattr(model, "config") else len(tokenizer))
         self.grammars = make_backend(grammar_backend, tokenizer, self.vocab_size, self.stop_ids)
         self.jumps = JumpForward(tokenizer, self.grammars, self.stop_ids)
+        self.lookup = PromptLookup(self.grammars, self.stop_ids) if speculate else None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.default_adapter = getattr(model, "active_adapter", None) if hasattr(model, "peft_config") else None
         self.mixed = mixed_adapters and len(getattr(model, "peft_config", None) or {}) > 1
@@ -103,6 +113,11 @@ class Decoder:
             finished = [seq for seq in batch.rows if seq.finish is not None]
             finished += [seq for seq in new if seq.finish is not None and id(seq) not in early]
             batch.keep([seq for seq in batch.rows if seq.finish is None])
+            if self.lookup is not None:  # drafts for the next decode pass, shorter as the batch grows
+                k = draft_limit(len(batch.rows))
+                for seq in batch.rows:
+                    seq.draft = self.lookup.draft(seq, k) if k else []
+                    seq.pending += seq.draft
         return new, finished
 
     def drop(self, batch: Batch, seqs: list[Sequence]) -> None:
@@ -151,32 +166,64 @@ class Decoder:
 
     def _pass(self, live: list[Sequence], cache, mask):
         """One forward pass over `live`, then each sequence chooses and takes its next token (under its grammar's
-        mask). Returns the grown (cache, attention mask)."""
+        mask), and the draft tokens it fed that the model confirms. Returns the grown (cache, attention mask)."""
         import torch
 
+        drafts = [seq.draft for seq in live]
+        keep = 1 + max(len(d) for d in drafts)  # logits for each row's last real token and its draft tokens
         ids, pos, mask = pass_inputs(live, self.pad_id, mask, self.device)
         per_row = {"adapter_names": [self._adapter_name(s.req.adapter) for s in live]} if self.mixed else {}
         out = self.model(  # without padding the model's own causal mask is enough (and cheaper to build)
             input_ids=ids, attention_mask=None if bool(mask.all()) else mask, position_ids=pos,
-            past_key_values=cache, use_cache=True, logits_to_keep=1, **per_row,
+            past_key_values=cache, use_cache=True, logits_to_keep=keep, **per_row,
         )
-        logits = out.logits[:, -1, : self.vocab_size].float()
+        logits = out.logits[:, :, : self.vocab_size].float()
+        first = logits[torch.arange(len(live)), torch.tensor([keep - 1 - len(d) for d in drafts])]
         bitmask = self._bitmask(len(live))
-        constrained = [b for b, seq in enumerate(live) if seq.matcher is not None]
+        for b, (seq, tok, lp) in enumerate(zip(live, *self._choose(first, live, bitmask))):
+            self._advance(seq, tok, lp, bitmask, b)
+        rejected = []
+        for b, (seq, draft) in enumerate(zip(live, drafts)):
+            kept = self._verify(seq, draft, logits[b, keep - len(draft):]) if draft else 0
+            seq.draft, seq.n_seen = [], seq.n_seen - (len(draft) - kept)
+            rejected.append(None if seq.finish is not None else len(draft) - kept)
+            if draft:
+                self.drafts.update(fed=len(draft), kept=kept)
+        return drop_rejected(out.past_key_values, mask, rejected)
+
+    def _choose(self, logits, seqs: list[Sequence], bitmask) -> tuple[list[int], list[float]]:
+        """Each row's token (row i of `logits` is seqs[i]'s, masked by its grammar in row i of `bitmask`) and its
+        log-probability under the masked distribution."""
+        import torch
+
+        constrained = [b for b, seq in enumerate(seqs) if seq.matcher is not None]
         if constrained:
             for b in constrained:
-                live[b].matcher.fill_mask(bitmask, b)
-            with_schema = [b for b in constrained if live[b].req.schema is not None]
+                seqs[b].matcher.fill_mask(bitmask, b)
+            with_schema = [b for b in constrained if seqs[b].req.schema is not None]
             if with_schema:
                 if self._printable is None:
                     self._printable = printable_mask(self.grammars.token_bytes(), self.vocab_size, self.stop_ids)
                 bitmask[with_schema] &= self._printable
             self.grammars.apply_mask(logits, bitmask, constrained)
-        chosen = choose(logits, live)
+        chosen = choose(logits, seqs)
         chosen_lp = (logits.gather(1, chosen[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)).tolist()
-        for b, (seq, tok, lp) in enumerate(zip(live, chosen.tolist(), chosen_lp)):
-            self._advance(seq, tok, lp, bitmask, b)
-        return out.past_key_values, mask
+        return chosen.tolist(), chosen_lp
+
+    def _verify(self, seq: Sequence, draft: list[int], after) -> int:
+        """Take `draft`'s tokens while each is the token `seq` just chose (its KV is then already in place), choosing
+        the next from `after[i]`, the logits the pass computed after draft[i]; stop where they differ or the grammar
+        forces text. Returns how many draft tokens it kept (the rest leave the cache)."""
+        kept = 0
+        while seq.finish is None and kept < len(draft) and seq.pending[0] == draft[kept]:
+            seq.pending = seq.pending[1:]
+            kept += 1
+            if seq.pending:  # forced text after it: fed by the next pass, after which the draft is moot
+                break
+            bitmask = self._bitmask(1)  # every row took its first token: the mask rows are free
+            [tok], [lp] = self._choose(after[kept - 1][None], [seq], bitmask)
+            self._advance(seq, tok, lp, bitmask, 0)
+        return kept
 
     def _advance(self, seq: Sequence, tok: int, logprob: float, bitmask, b: int) -> None:
         """Take the chosen token, then (jump-forward) any tokens the grammar forces after it."""

@@ -163,6 +163,24 @@ def prefix_kv(model, prefixes: PrefixCache, adapter: str | None, ids: tuple[int,
     return entry
 
 
+def drop_rejected(cache, mask, rejected: list[int | None]):
+    """The (cache, attention mask) without each row's last `rejected[b]` fed positions (draft tokens the model did not
+    confirm; None = a finished row, which leaves the batch before the next pass). Columns every row rejects are cut off
+    the end; the rest are masked out for their row (positions are explicit, so a hole is like padding)."""
+    counts = [r for r in rejected if r is not None]
+    cut = min(counts) if counts else 0
+    if cut:
+        for layer in cache.layers:
+            layer.keys = layer.keys[:, :, :-cut]
+            layer.values = layer.values[:, :, :-cut]
+        mask = mask[:, :-cut]
+    width = mask.shape[1]
+    for b, r in enumerate(rejected):
+        if r is not None and r > cut:
+            mask[b, width - (r - cut):] = 0
+    return cache, mask
+
+
 def pass_inputs(seqs: list, pad_id: int, mask, device):
     """(input ids, position ids, grown attention mask) of one forward pass: every sequence's pending tokens,
     right-aligned (left padding inside the step), at the positions that follow what it has already fed."""

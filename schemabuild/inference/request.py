@@ -65,7 +65,10 @@ class Sequence:
     generator: Any
     """Its own torch.Generator (sampling only)."""
     pending: list[int]
-    """Tokens the next forward pass feeds (the prompt, then the token just chosen plus any forced ones)."""
+    """Tokens the next forward pass feeds (the prompt, then the token just chosen plus any forced ones, then
+    `draft`)."""
+    draft: list[int] = dataclasses.field(default_factory=list)
+    """The end of `pending` that is a guess (prompt-lookup speculation), kept only where the model confirms it."""
     n_seen: int = 0
     """Positions already in the KV cache."""
     ids: list[int] = dataclasses.field(default_factory=list)
