@@ -7,6 +7,8 @@
   list is rebuilt item by item, so the label is true by construction.
 - Optionals: a slot whose field may be null is dropped together with the preposition or comma that
   introduces it ("lunch tomorrow at <place>, an hour" -> "lunch tomorrow, an hour"), and the field set to null.
+- Content: a group whose examples have no slots (its label is its content) gets two of its examples joined as one
+  message, or crossed at a word both use (`content_carriers`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import random
 import re
 from typing import Any
 
-from schemabuild.synth.shapes import field_key, is_nullable, schema_leaves
+from schemabuild.synth.checks import normalize
+from schemabuild.synth.shapes import field_key, is_nullable, leaves, schema_leaves
 
 SEPARATOR_RE = re.compile(r"\s*(,|;|&|\+|/|and|or|, and|, or)\s*", re.I)
 CONNECTOR_RE = re.compile(r"(,|\b(?:in|at|on|to|of|from|with|by|into|near|for))\s*$", re.I)
@@ -36,7 +39,8 @@ class Carrier:
     base: dict | None = None
     """The output its slots are filled into, when not the example's own (a list rebuilt, a value dropped)."""
     kind: str = "example"
-    """example, spliced, list (a list of another length and item forms) or null (an optional value dropped)."""
+    """example, spliced, list (a list of another length and item forms), null (an optional value dropped), joined or
+    crossed (two slot-free examples of one label made one message: `content_carriers`)."""
 
 
 def set_path(obj: Any, path: tuple, value: Any) -> None:
@@ -180,3 +184,43 @@ def derive_carriers(teacher, seed: str = "derive", shapes: int = 3, longer: int 
     """The list and null carriers of a teacher's examples (deterministic)."""
     rng = random.Random(seed + json.dumps(teacher.outputs, sort_keys=True))
     return list_carriers(teacher, rng, shapes, longer) + null_carriers(teacher)
+
+
+JOINS = [". ", ", ", "! ", " and ", " ", "... "]
+"""How two messages of a group without slots are joined into one of several sentences."""
+
+
+def content_carriers(teacher, members: list[int]) -> list[Carrier]:
+    """New wording for a group whose examples have no slots (for tool_picker: no_tool), whose label is their
+    content: two of its examples joined as one message of several sentences, and two of them crossed at a word
+    both use ("hey billy how are you" x "thanks billy you're great" -> "hey billy you're great"). Only where the
+    output holds label values and nulls alone, so no count or free value could change with the text (two
+    messages of one label keep it). At most as many of each as the group has examples, so single messages
+    stay a good share of its rows."""
+    if len(members) < 2 or any(teacher.carriers[i].slots for i in members):
+        return []
+    out = teacher.outputs[members[0]]
+    labels = {path for path, _ in label_leaves(teacher.schema, out)}
+    if any(path not in labels for path, _ in leaves(out)):
+        return []
+    rng = random.Random("content:" + teacher.carriers[members[0]].group)
+    texts = {i: teacher.task.examples[i].input.strip() for i in members}
+    pairs = [(i, j) for i in members for j in members if i != j]
+    rng.shuffle(pairs)
+    joined, crossed, seen = [], [], {normalize(t) for t in texts.values()}
+    for i, j in pairs:
+        a, b = texts[i], texts[j]
+        if len(joined) < len(members):
+            sep = rng.choice(JOINS) if a[-1].isalnum() else " "
+            joined.append(a + sep + (b[0].upper() + b[1:] if sep.strip() in ".!?" and sep.strip() else b))
+        wa, wb = a.split(), b.split()
+        shared = [w for w in dict.fromkeys(wa[1:]) if len(w) >= 3 and wa.count(w) == 1 and wb.count(w) == 1]
+        if shared and len(crossed) < len(members):
+            w = rng.choice(shared)
+            text = " ".join(wa[:wa.index(w)] + wb[wb.index(w):])
+            if normalize(text) not in seen:
+                crossed.append(text)
+        seen.update(normalize(t) for t in joined + crossed)
+    group = teacher.carriers[members[0]].group
+    return [Carrier([t], members[0], group, (), kind=kind) for kind, made in (("joined", joined), ("crossed", crossed))
+            for t in dict.fromkeys(made)]

@@ -33,7 +33,7 @@ from typing import Any
 
 from schemabuild.contract import canonical_json
 from schemabuild.synth.checks import NearDupIndex, normalize, shingles
-from schemabuild.synth.derive import Carrier, derive_carriers, get_path, label_leaves, set_path, words
+from schemabuild.synth.derive import Carrier, content_carriers, derive_carriers, get_path, label_leaves, set_path, words
 from schemabuild.synth.protocol import Labelled
 from schemabuild.synth.shapes import field_key, is_free_text, is_integer, leaves, new_value, schema_leaves
 
@@ -53,8 +53,6 @@ LEAD_INS = ["sorry to bother you but ", "before i forget, ", "one more thing: ",
 PREFACES = ["Hope you're well.", "Hi, it's me again.", "Thanks for the help last time.",
             "Hello from the other side of the office.", "Here goes.", "Another one for you.", "Good to see you online."]
 ENDINGS = ["?", "!", "!!", ".", "..."]
-JOINS = [". ", ", ", "! ", " and ", " ", "... "]
-"""How two messages of a group without slots are joined into one of several sentences."""
 MAX_VARIANTS = 48
 """Most surface variants tried per filled carrier."""
 INVENTED_FILLS = 5
@@ -108,7 +106,7 @@ class OfflineTeacher:
             "polite_before": POLITE_BEFORE, "polite_after": POLITE_AFTER, "lead_in": LEAD_INS, "preface": PREFACES,
             "before": FILLERS_BEFORE + [f + " " for f in fillers], "after": FILLERS_AFTER + [" " + f for f in fillers],
         }.items()}
-        self.spliced = {key: self._splices(members) + self._content(members) for key, members in self.groups.items()}
+        self.spliced = {key: self._splices(members) + content_carriers(self, members) for key, members in self.groups.items()}
         derived = derive_carriers(self, shapes=LIST_SHAPES, longer=LIST_LONGER)
         for c in derived:
             self.spliced[c.group].append(c)
@@ -171,41 +169,6 @@ class OfflineTeacher:
                     seen.add(tuple(map(str, parts)))
                     out.append(Carrier(parts, i, a.group, a.slots, kind="spliced"))
         return out
-
-    def _content(self, members: list[int]) -> list[Carrier]:
-        """New wording for a group whose examples have no slots (for tool_picker: no_tool), whose label is their
-        content: two of its examples joined as one message of several sentences, and two of them crossed at a word
-        both use ("hey billy how are you" x "thanks billy you're great" -> "hey billy you're great"). Only where the
-        output holds label values and nulls alone, so no count or free value could change with the text (two
-        messages of one label keep it). At most as many of each as the group has examples, so single messages
-        stay a good share of its rows."""
-        if len(members) < 2 or any(self.carriers[i].slots for i in members):
-            return []
-        out = self.outputs[members[0]]
-        labels = {path for path, _ in label_leaves(self.schema, out)}
-        if any(path not in labels for path, _ in leaves(out)):
-            return []
-        rng = random.Random("content:" + self.carriers[members[0]].group)
-        texts = {i: self.task.examples[i].input.strip() for i in members}
-        pairs = [(i, j) for i in members for j in members if i != j]
-        rng.shuffle(pairs)
-        joined, crossed, seen = [], [], {normalize(t) for t in texts.values()}
-        for i, j in pairs:
-            a, b = texts[i], texts[j]
-            if len(joined) < len(members):
-                sep = rng.choice(JOINS) if a[-1].isalnum() else " "
-                joined.append(a + sep + (b[0].upper() + b[1:] if sep.strip() in ".!?" and sep.strip() else b))
-            wa, wb = a.split(), b.split()
-            shared = [w for w in dict.fromkeys(wa[1:]) if len(w) >= 3 and wa.count(w) == 1 and wb.count(w) == 1]
-            if shared and len(crossed) < len(members):
-                w = rng.choice(shared)
-                text = " ".join(wa[:wa.index(w)] + wb[wb.index(w):])
-                if normalize(text) not in seen:
-                    crossed.append(text)
-            seen.update(normalize(t) for t in joined + crossed)
-        group = self.carriers[members[0]].group
-        return [Carrier([t], members[0], group, (), kind=kind) for kind, made in (("joined", joined), ("crossed", crossed))
-                for t in dict.fromkeys(made)]
 
     def _openers(self) -> dict[str, set[str]]:
         """Leading words (1-2) that start examples of at least three groups, so they carry no label.

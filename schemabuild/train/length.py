@@ -94,6 +94,14 @@ def stop_reason(point: dict, since_best: int, best_step: int, patience: int) -> 
     return None
 
 
+def make_point(measure: dict, state, loss: float | None, seconds: float) -> dict:
+    """One point of the curve: the step, the last logged loss and the measurement's scores."""
+    score = mean_accuracy(measure)
+    return {"step": state.global_step, "epoch": round(state.epoch or 0, 3), "loss": loss, "val_score": round(score, 4),
+            "val_exact": measure.get("exact_match"), "val_fields": measure["fields"], "seconds": round(seconds, 2),
+            "perfect": score >= 1.0 and (measure.get("exact_match") or 0) >= 1.0}
+
+
 def log_point(point: dict, gain: bool, log_path: Path) -> None:
     """One progress line per measurement, and its line in train_log.jsonl."""
     fields = "  ".join(f"{k} {v:.3f}" for k, v in point["val_fields"].items() if v is not None)
@@ -152,11 +160,8 @@ def curve_callback(task, tokenizer, contract: dict, validator: Validator, plan: 
             if was_training:
                 model.train()
             measure = validator(answers)
-            score = mean_accuracy(measure)
-            point = {"step": state.global_step, "epoch": round(state.epoch or 0, 3), "loss": self.last_loss,
-                     "val_score": round(score, 4), "val_exact": measure.get("exact_match"),
-                     "val_fields": measure["fields"], "seconds": round(time.perf_counter() - start, 2)}
-            point["perfect"] = score >= 1.0 and (measure.get("exact_match") or 0) >= 1.0
+            point = make_point(measure, state, self.last_loss, time.perf_counter() - start)
+            score = mean_accuracy(measure)  # unrounded: the gain rule counts answers exactly
             scored = sum(v is not None for v in measure["fields"].values())
             gain = self.best is None or is_gain(score, self.best_score, len(validator.texts), scored)
             if gain:
