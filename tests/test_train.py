@@ -530,8 +530,8 @@ def test_length_plan_is_fixed_by_epochs_or_measured_on_the_validation_rows():
     assert (fixed.measured, fixed.epochs, fixed.steps_per_epoch) == (False, 2, 13)
     blind = plan_length(TrainConfig(), "lora", 1.0, 100, 8, None)
     assert (blind.measured, blind.epochs) == (False, 1.0) and "no validation split" in blind.why
-    m = plan_length(TrainConfig(), "lora", 1.0, 100, 8, val)  # on CPU at most one epoch, on a GPU three
-    assert (m.measured, m.epochs, m.min_steps, m.val_every, m.patience) == (True, 1.0, 7, 3, 2)
+    m = plan_length(TrainConfig(), "lora", 1.0, 100, 8, val)  # at most three epochs, on CPU as on a GPU
+    assert (m.measured, m.epochs, m.min_steps, m.val_every, m.patience) == (True, 3.0, 7, 3, 2)
     assert plan_length(TrainConfig(), "lora", 1.0, 100, 8, val, device="cuda").epochs == 3.0
     own = plan_length(TrainConfig(min_epochs=1, max_epochs=2, val_every=5, patience=1), "tiny", 8.0, 100, 8, val)
     assert (own.epochs, own.min_steps, own.val_every, own.patience) == (2, 13, 5, 1)
