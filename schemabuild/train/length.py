@@ -3,9 +3,9 @@
 Without `--epochs`, a run trains until the task's own per-field accuracy on (the first rows of) the validation split
 stops improving: from `min_epochs` on, every `val_every` steps (and at the last step) the model in training decodes
 those rows through the contract (the same `Predictor` and constrained decoder as eval and serving; the scoring comes
-from the caller, see `Validator`), the mean field accuracy is compared with the best so far (a gain is
-`GAIN_ANSWERS` more right answers), the best weights are kept in memory, and training stops `patience` measurements
-after the last gain, or at once when every field is right, but never before `min_epochs`.
+from the caller, see `Validator`), the mean field accuracy is compared with the last gain's (a gain is
+`GAIN_ANSWERS` more right answers), the best measured weights are kept in memory, and training stops `patience`
+measurements after the last gain, or at once when every field is right, but never before `min_epochs`.
 The learning-rate schedule is planned over `max_epochs`. At the end the best weights are put back before saving.
 
 Under a launcher every process measures the same rows with the same weights, so all of them stop at the same step.
@@ -85,12 +85,12 @@ def is_gain(score: float, best: float, rows: int, fields: int) -> bool:
     return score >= best + GAIN_ANSWERS / (max(1, rows) * max(1, fields)) - 1e-9
 
 
-def stop_reason(point: dict, since_best: int, best_step: int, patience: int) -> str | None:
+def stop_reason(point: dict, since_gain: int, gain_step: int, patience: int) -> str | None:
     """Why training stops after this measurement (past the minimum length), or None to go on."""
     if point["perfect"]:
         return f"every validation field right at step {point['step']}"
-    if since_best >= patience:
-        return f"no gain in {patience} measurements since step {best_step}"
+    if since_gain >= patience:
+        return f"no gain in {patience} measurements since step {gain_step}"
     return None
 
 
@@ -122,9 +122,10 @@ def curve_callback(task, tokenizer, contract: dict, validator: Validator, plan: 
         def __init__(self):
             self.points: list[dict] = []
             self.best: dict | None = None
-            self.best_score = 0.0
+            self.best_score = self.gain_score = 0.0
+            self.gain_step = 0
             self.best_weights: dict | None = None
-            self.since_best = 0
+            self.since_gain = 0
             self.stopped: str | None = None
             self.last_loss: float | None = None
             self.predictor = None
@@ -142,7 +143,7 @@ def curve_callback(task, tokenizer, contract: dict, validator: Validator, plan: 
             point = self.measure(model, state)
             if step >= state.max_steps:
                 return
-            self.stopped = stop_reason(point, self.since_best, self.best["step"], plan.patience)
+            self.stopped = stop_reason(point, self.since_gain, self.gain_step, plan.patience)
             if self.stopped:
                 control.should_training_stop = True
                 if main:
@@ -163,15 +164,18 @@ def curve_callback(task, tokenizer, contract: dict, validator: Validator, plan: 
             point = make_point(measure, state, self.last_loss, time.perf_counter() - start)
             score = mean_accuracy(measure)  # unrounded: the gain rule counts answers exactly
             scored = sum(v is not None for v in measure["fields"].values())
-            gain = self.best is None or is_gain(score, self.best_score, len(validator.texts), scored)
-            if gain:
-                self.best, self.best_score, self.since_best = point, score, 0
-                self.best_weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            # the patience counts measurements since the last real gain; the weights kept are the best measured
+            if self.best is None or is_gain(score, self.gain_score, len(validator.texts), scored):
+                self.gain_score, self.gain_step, self.since_gain = score, point["step"], 0
             else:
-                self.since_best += 1
+                self.since_gain += 1
+            kept = self.best is None or score > self.best_score + 1e-9
+            if kept:
+                self.best, self.best_score = point, score
+                self.best_weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
             self.points.append(point)
             if main:
-                log_point(point, gain, log_path)
+                log_point(point, kept, log_path)
             return point
 
         def restore_best(self, model) -> bool:
