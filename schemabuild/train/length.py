@@ -121,11 +121,9 @@ def curve_callback(task, tokenizer, contract: dict, validator: Validator, plan: 
     class Curve(TrainerCallback):
         def __init__(self):
             self.points: list[dict] = []
-            self.best: dict | None = None
-            self.best_score = self.gain_score = 0.0
-            self.gain_step = 0
-            self.best_weights: dict | None = None
-            self.since_gain = 0
+            self.best: dict | None = None  # the best measured point; its weights in best_weights
+            self.best_weights, self.best_score = None, 0.0
+            self.gain_score, self.gain_step, self.since_gain = 0.0, 0, 0  # the last real gain (see is_gain)
             self.stopped: str | None = None
             self.last_loss: float | None = None
             self.predictor = None
@@ -136,8 +134,7 @@ def curve_callback(task, tokenizer, contract: dict, validator: Validator, plan: 
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             step = state.global_step
-            # before the minimum length a measurement could neither stop training nor be kept (it is far from
-            # converged there): the first is at the minimum, then every val_every steps, and at the last step
+            # the first measurement is at the minimum length (one before could neither stop nor be kept)
             if step < state.max_steps and (step % plan.val_every or step < plan.min_steps):
                 return
             point = self.measure(model, state)
