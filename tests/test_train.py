@@ -553,20 +553,28 @@ class ScriptedScores:
         return {"fields": {"tool": s, "query": s}, "exact_match": 0.0}
 
 
+def scripted_run(task, tmp_path, scores: list[float]):
+    """The tiny base trained with the measured length (every 2 steps, patience 2) against scripted validation
+    scores on 4 validation rows: (run folder, the rows' texts, the scorer)."""
+    from schemabuild.contract import split_chat_row
+    from schemabuild.runs import read_jsonl
+
+    run_dir = write_offline_run(task, tmp_path / "runs", copies=2)
+    texts = [split_chat_row(r)[1] for r in read_jsonl(run_dir / "data" / "val.jsonl")][:4]
+    scorer = ScriptedScores(texts, scores)
+    cfg = TrainConfig(base="tiny", device="cpu", batch_size=4, val_every=2, patience=2, min_epochs=0.01,
+                      max_epochs=4, save_steps=10_000, logging_steps=1, lr=3e-3)
+    train_run(task, run_dir, cfg, validator=scorer)
+    return run_dir, texts, scorer
+
+
 @pytest.mark.slow
 def test_measured_length_stops_after_the_patience_and_keeps_the_best_weights(tool_picker, tmp_path, capsys):
     """Scores 0.25, 0.75, 0.5, 0.5 every 2 steps, patience 2: training stops at step 8 and saves the weights of
     step 4, which answer the validation rows exactly as they did when measured at step 4."""
-    from schemabuild.contract import split_chat_row
     from schemabuild.predictor import Predictor
-    from schemabuild.runs import read_jsonl
 
-    run_dir = write_offline_run(tool_picker, tmp_path / "runs", copies=2)
-    texts = [split_chat_row(r)[1] for r in read_jsonl(run_dir / "data" / "val.jsonl")][:4]
-    scorer = ScriptedScores(texts, [0.25, 0.75, 0.5, 0.5, 0.9, 0.9])
-    cfg = TrainConfig(base="tiny", device="cpu", batch_size=4, val_every=2, patience=2, min_epochs=0.01,
-                      max_epochs=4, save_steps=10_000, logging_steps=1, lr=3e-3)
-    train_run(tool_picker, run_dir, cfg, validator=scorer)
+    run_dir, texts, scorer = scripted_run(tool_picker, tmp_path, [0.25, 0.75, 0.5, 0.5, 0.9, 0.9])
     out = capsys.readouterr().out
     assert "precision: fp32" in out and "length: measured" in out and "stopping: no gain in 2 measurements" in out
     summary = json.loads((run_dir / "model" / "train_summary.json").read_text())
@@ -584,15 +592,7 @@ def test_measured_length_stops_after_the_patience_and_keeps_the_best_weights(too
 def test_a_small_gain_keeps_its_weights_but_not_the_patience(tool_picker, tmp_path, capsys):
     """4 rows x 2 fields: a gain is 2 more right answers (0.25). 0.875 after 0.75 is one more: its weights are kept
     (the best measured), but the patience still counts from step 4, so training stops at step 8."""
-    from schemabuild.contract import split_chat_row
-    from schemabuild.runs import read_jsonl
-
-    run_dir = write_offline_run(tool_picker, tmp_path / "runs", copies=2)
-    texts = [split_chat_row(r)[1] for r in read_jsonl(run_dir / "data" / "val.jsonl")][:4]
-    scorer = ScriptedScores(texts, [0.25, 0.75, 0.875, 0.75, 0.9, 0.9])
-    cfg = TrainConfig(base="tiny", device="cpu", batch_size=4, val_every=2, patience=2, min_epochs=0.01,
-                      max_epochs=4, save_steps=10_000, logging_steps=1, lr=3e-3)
-    train_run(tool_picker, run_dir, cfg, validator=scorer)
+    run_dir, _, _ = scripted_run(tool_picker, tmp_path, [0.25, 0.75, 0.875, 0.75, 0.9, 0.9])
     assert "stopping: no gain in 2 measurements since step 4" in capsys.readouterr().out
     summary = json.loads((run_dir / "model" / "train_summary.json").read_text())
     assert summary["global_step"] == 8 and summary["best_step"] == 6

@@ -193,8 +193,8 @@ JOINS = [". ", ", ", "! ", " and ", " ", "... "]
 def content_carriers(teacher, members: list[int]) -> list[Carrier]:
     """New wording for a group whose examples have no slots (for tool_picker: no_tool), whose label is their
     content: two of its examples joined as one message of several sentences, and two of them crossed at a word
-    both use ("hey billy how are you" x "thanks billy you're great" -> "hey billy you're great"). Only where the
-    output holds label values and nulls alone, so no count or free value could change with the text (two
+    both use ("hey billy how are you doing today" x "thanks billy you're the best" -> "hey billy you're the
+    best"). Only where the output holds label values and nulls alone, so no count or free value could change with the text (two
     messages of one label keep it). At most as many of each as the group has examples, so single messages
     stay a good share of its rows."""
     if len(members) < 2 or any(teacher.carriers[i].slots for i in members):
