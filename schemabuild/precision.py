@@ -18,6 +18,9 @@ serving works the same way.
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -52,6 +55,40 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
         if key.strip() in ("flags", "Features"):  # x86 / ARM
             return set(value.split())
     return set()
+
+
+def runnable_others(samples: int = 5, gap: float = 0.05, stat: str | Path = "/proc/stat") -> float | None:
+    """How many threads besides this one were ready to run (the median of `samples` reads of /proc/stat's
+    procs_running, minus this process's one); None where that file does not exist."""
+    counts = []
+    for i in range(samples):
+        try:
+            lines = Path(stat).read_text().splitlines()
+        except OSError:
+            return None
+        counts += [int(line.split()[1]) - 1 for line in lines if line.startswith("procs_running ")]
+        if i + 1 < samples:
+            time.sleep(gap)
+    return sorted(counts)[len(counts) // 2] if counts else None
+
+
+def choose_wait_policy(environ=os.environ, others: float | None | str = "detect", torch_loaded: bool | None = None) -> str:
+    """Set OMP_WAIT_POLICY for CPU training before torch loads (libgomp reads it once), and say why in a few words.
+
+    Measured (bench/wait_policy.py, BENCHMARKS.md "Session 6"): on 2 idle cores, threads that spin while waiting
+    train 1.19x faster than passive ones; beside one busy process they train 2x slower. So: ACTIVE when no other
+    thread is ready to run at the start, else PASSIVE. A value the user set is kept; too late once torch is loaded.
+    """
+    if environ.get("OMP_WAIT_POLICY"):
+        return f"OMP_WAIT_POLICY={environ['OMP_WAIT_POLICY']} (yours)"
+    if ("torch" in sys.modules) if torch_loaded is None else torch_loaded:
+        return "libgomp's default (torch was loaded first)"
+    others = runnable_others() if others == "detect" else others
+    busy = others is None or others >= 1
+    environ["OMP_WAIT_POLICY"] = "PASSIVE" if busy else "ACTIVE"
+    why = "no load reading" if others is None else f"{others:g} other threads ready to run"
+    return (f"OMP_WAIT_POLICY={environ['OMP_WAIT_POLICY']} ({why}; "
+            f"{'spinning threads train 2x slower beside other jobs' if busy else 'spinning threads train 1.19x faster on idle cores'})")
 
 
 def int8_engine() -> str | None:

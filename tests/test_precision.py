@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from schemabuild.errors import ConfigError
-from schemabuild.precision import choose_precision, cpu_flags, weight_dtypes
+from schemabuild.precision import choose_precision, choose_wait_policy, cpu_flags, runnable_others, weight_dtypes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -52,6 +52,22 @@ def logits(model, ids):
 
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0, -1].float()
+
+
+def test_training_threads_spin_only_on_idle_cores_and_a_users_setting_wins(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1 2 3 4\nprocs_running 3\nprocs_blocked 0\n")
+    assert runnable_others(samples=3, gap=0, stat=stat) == 2  # this process's own thread is not "other"
+    assert runnable_others(stat=tmp_path / "missing") is None
+    idle, busy, unknown, yours = {}, {}, {}, {"OMP_WAIT_POLICY": "passive"}
+    assert choose_wait_policy(idle, others=0, torch_loaded=False).startswith("OMP_WAIT_POLICY=ACTIVE (0 other")
+    assert choose_wait_policy(busy, others=2, torch_loaded=False).startswith("OMP_WAIT_POLICY=PASSIVE (2 other")
+    assert choose_wait_policy(unknown, others=None, torch_loaded=False).startswith("OMP_WAIT_POLICY=PASSIVE (no load")
+    assert (idle, busy, unknown) == ({"OMP_WAIT_POLICY": "ACTIVE"}, {"OMP_WAIT_POLICY": "PASSIVE"},
+                                      {"OMP_WAIT_POLICY": "PASSIVE"})
+    assert choose_wait_policy(yours, others=0, torch_loaded=False) == "OMP_WAIT_POLICY=passive (yours)"
+    late = {}
+    assert "torch was loaded first" in choose_wait_policy(late, others=0, torch_loaded=True) and late == {}
 
 
 def test_int8_quantizes_the_linears_keeps_the_head_and_stays_close(tiny_model_dir, tool_picker):

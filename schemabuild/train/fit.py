@@ -51,9 +51,9 @@ from schemabuild.train.data import MIN_ROWS, load_split
 from schemabuild.train.length import Validator, curve_callback, plan_length
 from schemabuild.train.settings import LORA_DEFAULTS, TINY_DEFAULTS, TrainConfig
 
-# OpenMP threads that spin while waiting make CPU training several times slower on a busy machine (measured 4-5x
-# with 2 threads on 2 shared cores); passive waiting costs little when the machine is idle. Read when torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP threads that spin while waiting: faster on idle cores, 2x slower beside other jobs; read once, when torch
+# loads, so chosen here (see precision.choose_wait_policy) and announced when training starts on a CPU.
+WAIT_POLICY = engine_precision.choose_wait_policy()
 
 
 def _progress_callback(log_path: Path, is_main: bool):
@@ -194,6 +194,8 @@ def train_run(task, run_dir: Path, cfg: TrainConfig, validator: Validator | None
     plan.epochs = length.epochs
     if main:
         print(f"precision: {precision} ({why})")
+        if device == "cpu":
+            print(f"cpu: {torch.get_num_threads()} threads, {WAIT_POLICY}")
         print(f"length: {length.why}")
     model = _load_weights(plan, cfg, bf16 and device == "cuda")  # on CPU: fp32 weights, bf16 autocast
     peft_config = None if plan.full else lora_config(model, cfg, plan.lora_r, plan.lora_alpha)
