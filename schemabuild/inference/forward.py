@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+ENGINES = ("torch", "llamacpp")  # --engine: transformers in fp32/bf16/int8 (precision.py), or llama.cpp over a Q8_0 GGUF
+
 
 @runtime_checkable
 class Forward(Protocol):
