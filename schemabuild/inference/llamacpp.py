@@ -155,6 +155,10 @@ class LlamaCppForward:
             raise RuntimeError(f"llama.cpp engine: all {self.slots} sequence slots are in use")
         return self._free.pop()
 
+    def in_use(self) -> int:
+        """Sequence ids held (by live rows and kept prefixes)."""
+        return self.slots - len(self._free)
+
     def release(self, seq_id: int) -> None:
         """Free a sequence id and its KV."""
         self.api.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
