@@ -20,6 +20,7 @@ from pathlib import Path
 from schemabuild.bases import REGISTRY_BASES, base_info, registry_base
 from schemabuild.contract import build_contract, check_contract, load_contract
 from schemabuild.errors import ConfigError, ContractError, TaskError
+from schemabuild.inference.llamacpp import LlamaCppForward, llama_api
 from schemabuild.precision import Precision, apply_precision, choose_precision
 from schemabuild.runs import Run
 
@@ -132,8 +133,6 @@ def load_llamacpp(task, model_dir, gguf_file=None, rows: int = 32, prefixes: int
     run's `Run.serving_gguf`, which the entry points write first: `train.serving_gguf`); its vocabulary is checked
     against the model's. Prints which engine and file serve it. `rows`, `prefixes`, `threads`: see
     `LlamaCppForward`."""
-    from schemabuild.inference.llamacpp import LlamaCppForward, llama_api
-
     llama_api()  # the install hint before anything loads
     contract, tokenizer = load_checked(task, model_dir)
     gguf_file = Path(gguf_file) if gguf_file else Run(Path(model_dir).parent).serving_gguf(task.name)
