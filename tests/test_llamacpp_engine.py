@@ -175,6 +175,25 @@ def test_the_server_answers_predict_and_chat_on_llama_cpp(tmp_path_factory):
         quick.task.validate_output(completion.choices[0].message.content)
 
 
+def test_predict_on_llama_cpp_writes_the_gguf_once_and_prints_only_the_answer(tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from schemabuild.cli import main
+
+    quick = build_quick(tmp_path)
+    monkeypatch.setenv("SCHEMABUILD_TASKS", str(quick.tasks_dir))
+    args = ["predict", "quick_pick", "timer 5 minutes", "--run", str(quick.model_dir.parent), "--engine", "llamacpp"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output + first.stderr
+    quick.task.validate_output(json.loads(first.stdout))
+    gguf = quick.model_dir.parent / "gguf" / "quick_pick.q8_0.gguf"
+    assert "GGUF written" in first.stderr and "engine: llama.cpp " in first.stderr and str(gguf) in first.stderr
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and again.stdout == first.stdout and "GGUF written" not in again.stderr  # reused
+
+
 def test_adapters_sharing_a_base_are_one_clear_error_on_llama_cpp(tiny_model_dir, tool_picker, tmp_path, monkeypatch):
     import torch
     from peft import LoraConfig, get_peft_model
