@@ -23,8 +23,8 @@ from schemabuild.predictor import Predictor, resolve_device
 from schemabuild.runs import Run, resolve_run
 from schemabuild.synth import DATASET_FORMATS, SynthConfig, export_dataset, synthesize
 from schemabuild.task import TaskError, describe, list_tasks, load_task, tasks_dir as resolve_tasks_dir, write_template
-from schemabuild.train import GGUF_FORMATS, MODEL_FORMATS, QUANTS, export_gguf, export_merged, export_ollama, export_vllm, \
-    serving_gguf
+from schemabuild.train import (GGUF_FORMATS, MODEL_FORMATS, QUANTS, export_gguf, export_merged, export_ollama,
+                               export_vllm, serving_gguf)
 from schemabuild.serve.app import run_server
 from schemabuild.serve.config import ServeConfig
 

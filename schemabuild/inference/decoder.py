@@ -1,16 +1,15 @@
 """Constrained decoding: our own KV-cached decode loop over a model's forward pass (`forward.Forward`: a transformers
-model, or llama.cpp over a GGUF), with grammar masks,
-jump-forward, prompt-lookup speculation and continuous batching (the server's scheduler,
-`schemabuild.serve.engine.Engine`, drives it).
+model, or llama.cpp over a GGUF), with grammar masks, jump-forward, prompt-lookup speculation and continuous batching
+(the server's scheduler, `schemabuild.serve.engine.Engine`, drives it).
 
     decoder = Decoder(model, tokenizer, stop_ids=contract["stop_ids"])          # grammar_backend="llguidance"
     [result] = decoder.generate([Request(prompt_ids, grammar_schema(task.output))])
 
-On a transformers model one batch = one left-padded KV cache (`kv.Batch`, `kv.TorchForward`). Each forward pass feeds every live sequence its pending tokens
-(the prompt, then the token just chosen plus any jump-forward tokens), right-aligned with an attention mask and
-explicit position ids, so sequences of different lengths share the pass. Finished sequences leave the cache.
-A greedy sequence may also feed a draft copied from its prompt (`speculate.py`): the pass then checks it, and the
-draft tokens the model would not have chosen leave the cache.
+On a transformers model one batch = one left-padded KV cache (`kv.Batch`, `kv.TorchForward`). Each forward pass
+feeds every live sequence its pending tokens (the prompt, then the token just chosen plus any jump-forward tokens),
+right-aligned with an attention mask and explicit position ids, so sequences of different lengths share the pass.
+Finished sequences leave the cache. A greedy sequence may also feed a draft copied from its prompt (`speculate.py`):
+the pass then checks it, and the draft tokens the model would not have chosen leave the cache.
 A sequence may start from the cached KV of a prompt prefix many requests share (`kv.start_cache`).
 """
 
@@ -49,15 +48,12 @@ class Decoder:
         self.model, self.tokenizer = model, tokenizer
         self.stop_ids = [int(i) for i in stop_ids]
         if isinstance(model, Forward):
-            self.device = torch.device(model.device)
+            self.device, self.vocab_size = torch.device(model.device), model.vocab_size
         else:
             self.device = torch.device(device) if device is not None else next(model.parameters()).device
+            self.vocab_size = int(model.config.vocab_size if hasattr(model, "config") else len(tokenizer))
         self.jump_forward = jump_forward
         self.drafts = collections.Counter()  # "fed" draft tokens and "kept" ones, over the decoder's life
-        if isinstance(model, Forward):
-            self.vocab_size = model.vocab_size
-        else:
-            self.vocab_size = int(model.config.vocab_size if hasattr(model, "config") else len(tokenizer))
         self.grammars = make_backend(grammar_backend, tokenizer, self.vocab_size, self.stop_ids)
         self.jumps = JumpForward(tokenizer, self.grammars, self.stop_ids)
         self.lookup = PromptLookup(self.grammars, self.stop_ids) if speculate else None
