@@ -137,7 +137,7 @@ def start_cache(model, seqs: list, prefixes: PrefixCache, adapter_names: list, m
 
     entries = []
     for seq, name in zip(seqs, adapter_names):
-        n = min(seq.req.prefix_len, len(seq.req.prompt_ids) - 1) if prefixes.size > 0 else 0
+        n = prefix_tokens(seq, prefixes)
         if n < 1:
             entries.append(None)
             continue
@@ -147,6 +147,11 @@ def start_cache(model, seqs: list, prefixes: PrefixCache, adapter_names: list, m
     if all(e is None for e in entries):
         return DynamicCache(), torch.zeros((len(seqs), 0), dtype=torch.long, device=device)
     return start_from_prefixes(entries, device)
+
+
+def prefix_tokens(seq, prefixes: PrefixCache) -> int:
+    """How many of a new sequence's prompt tokens start from shared prefix KV (0: none; never the whole prompt)."""
+    return min(seq.req.prefix_len, len(seq.req.prompt_ids) - 1) if prefixes.size > 0 else 0
 
 
 def prefix_kv(model, prefixes: PrefixCache, adapter: str | None, ids: tuple[int, ...], mixed: bool, device) -> list:

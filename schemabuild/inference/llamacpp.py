@@ -17,6 +17,7 @@ import logging
 import weakref
 
 from schemabuild.errors import ConfigError
+from schemabuild.inference.kv import prefix_tokens
 
 INSTALL_HINT = ('pip install llama-cpp-python (built from source; CI uses CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON '
                 '-DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF", see .ci/run)')
@@ -116,7 +117,7 @@ class LlamaCppForward:
             for seq in seqs:
                 part.seq_ids[id(seq)] = self.take()
                 part.rows.append(seq)
-                n = min(seq.req.prefix_len, len(seq.req.prompt_ids) - 1) if prefixes.size > 0 else 0
+                n = prefix_tokens(seq, prefixes)
                 if n >= 1:
                     source = self.prefix_seq(prefixes, adapter, tuple(seq.req.prompt_ids[:n]))
                     self.api.llama_memory_seq_cp(self._mem, source, part.seq_ids[id(seq)], -1, -1)
@@ -173,7 +174,11 @@ class LlamaCppForward:
         seq_id = self.take()
         feed = self.feed_for(len(ids))
         feed.add(list(ids), 0, seq_id, 1)
-        self.decode(feed)
+        try:
+            self.decode(feed)
+        except RuntimeError:
+            self.release(seq_id)
+            raise
         prefixes.put(adapter, ids, seq_id)
         self._prefix_seqs[(adapter, ids)] = seq_id
         self.reclaim(prefixes)
