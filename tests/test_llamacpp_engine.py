@@ -239,6 +239,18 @@ def test_a_request_for_an_adapter_is_refused_on_llama_cpp(sharp, tool_picker):
         llama.generate([req])
 
 
+def test_without_llama_cpp_python_the_error_says_how_to_install_it(tiny_model_dir, tool_picker, monkeypatch):
+    import sys
+
+    from schemabuild.errors import ConfigError
+    from schemabuild.models import load_llamacpp
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if not installed
+    with pytest.raises(ConfigError, match="needs llama-cpp-python: CMAKE_ARGS=.*pip install llama-cpp-python") as err:
+        load_llamacpp(tool_picker, tiny_model_dir)
+    assert "\n" not in str(err.value) and "-DGGML_AMX_TILE=OFF" in str(err.value)
+
+
 def test_a_gguf_with_another_vocabulary_is_one_clear_error(sharp):
     from schemabuild.errors import ConfigError
     from schemabuild.inference.llamacpp import LlamaCppForward

@@ -19,8 +19,9 @@ import weakref
 from schemabuild.errors import ConfigError
 from schemabuild.inference.kv import prefix_tokens
 
-INSTALL_HINT = ('pip install llama-cpp-python (built from source; CI uses CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON '
-                '-DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF", see .ci/run)')
+INSTALL_HINT = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON '
+                '-DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF" '
+                'pip install llama-cpp-python==0.3.36 (it builds llama.cpp from source, as .ci/run does)')
 GGML_TYPE_F32 = 0  # ggml_type of an f32 KV cache
 
 
