@@ -3,6 +3,7 @@
     python bench/llamacpp.py --run runs/tool_picker/<run-id>
     python bench/llamacpp.py --run <run> --precisions auto,fp32 --threads 1 --repeat 2
     python bench/llamacpp.py --run <run> --speculate on,off --limit 20     # prompt-lookup speculation on and off
+    python bench/llamacpp.py --run <run> --engines torch,llamacpp          # our server on each engine (the default)
 
 Prerequisites (the script stops with one line naming what is missing):
 - llama-cpp-python importable (`pip install --no-deps llama_cpp_python-*.whl`; build it from the registry's
@@ -16,14 +17,17 @@ What runs, in one process and one run:
 1. the run's model merged (`schemabuild export --format merged`, cached under the run) and converted by llama.cpp's
    `convert_hf_to_gguf.py --outtype q8_0` (cached);
 2. one real `schemabuild serve` per `--precisions` entry and `--speculate` entry on 127.0.0.1 (OMP_NUM_THREADS =
-   --threads);
+   --threads) for `--engines torch`, and one per `--speculate` entry for `--engines llamacpp` (`serve --engine
+   llamacpp`: our decoding on llama.cpp's forward pass over the run's Q8_0 GGUF from our own writer,
+   <run>/gguf/, written by the server on first use; --precisions does not apply);
 3. llama.cpp in this process (`n_threads` = --threads), fed the SAME prompt token ids our contract renders
    (system = the student prompt, user = the message) and a grammar from the SAME JSON schema
    (`LlamaGrammar.from_json_schema`), greedy, `max_tokens` alike;
 4. for every message of the gold set, each side answers once (`--repeat` times, fastest kept) before the next
    message: load from other jobs on a shared machine hits both alike. llama.cpp runs in-process (no HTTP), our side
    through HTTP: the comparison leans toward llama.cpp, not toward us.
-Printed: p50 per side, ratio ours / llama.cpp (goal <= 0.5), tool accuracy per side, answers identical across sides.
+Printed: p50 per side, ratio ours / llama.cpp (goal <= 0.5), tool accuracy per side, answers identical across sides,
+and with both engines, each llamacpp-engine side's p50 over the torch side's with the same --speculate.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ def parse_args(argv=None):
     ap.add_argument("--precisions", default="auto", help="our server's --precision values, one server each")
     ap.add_argument("--speculate", default="on", help="on, off or on,off: our server's --speculate / --no-speculate "
                     "(one server each, for every precision)")
+    ap.add_argument("--engines", default="torch,llamacpp", help="our server's --engine values: torch, llamacpp or "
+                    "torch,llamacpp (one server per engine, precision and speculate mode; precision: torch only)")
     ap.add_argument("--threads", type=int, default=1, help="threads for both sides")
     ap.add_argument("--limit", type=int, default=0, help="first N gold messages (0 = all 56)")
     ap.add_argument("--repeat", type=int, default=1, help="tries per message and side; the fastest is kept")
@@ -184,25 +190,39 @@ def main(argv=None) -> None:
     servers = []
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     try:
-        modes = [m.strip() for m in args.speculate.split(",") if m.strip()]
-        if not set(modes) <= {"on", "off"}:
-            raise SystemExit(f"--speculate {args.speculate}: expected on, off or on,off")
-        for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
-            for mode in modes:
-                port = bench_serve.free_port()
-                servers.append(bench_serve.start_server(
-                    run, port, max_batch=32, window_ms=3.0,
-                    extra=["--precision", precision, "--max-tokens-cap", str(args.max_tokens),
-                           "--compile-timeout-s", "300",  # a loaded box: no 400 on warm-up
-                           "--default-max-tokens", str(args.max_tokens),
-                           "--speculate" if mode == "on" else "--no-speculate"]))
-                name = precision if modes == ["on"] else f"{precision}, speculate {mode}"
-                sides[f"ours /predict ({name})"] = our_side(f"http://127.0.0.1:{port}", task.name)
+        for name, flags in server_setups(args):
+            port = bench_serve.free_port()
+            servers.append(bench_serve.start_server(
+                run, port, max_batch=32, window_ms=3.0,
+                extra=[*flags, "--max-tokens-cap", str(args.max_tokens),
+                       "--compile-timeout-s", "300",  # a loaded box: no 400 on warm-up
+                       "--default-max-tokens", str(args.max_tokens)]))
+            sides[f"ours /predict ({name})"] = our_side(f"http://127.0.0.1:{port}", task.name)
         measure(task, gold, prompts, sides, args)
     finally:
         for proc in servers:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def server_setups(args) -> list[tuple[str, list[str]]]:
+    """(side name, serve flags) of each of our servers: every engine x (torch: precision) x speculate mode."""
+    modes = [m.strip() for m in args.speculate.split(",") if m.strip()]
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if not modes or not set(modes) <= {"on", "off"}:
+        raise SystemExit(f"--speculate {args.speculate}: expected on, off or on,off")
+    if not engines or not set(engines) <= {"torch", "llamacpp"}:
+        raise SystemExit(f"--engines {args.engines}: expected torch, llamacpp or torch,llamacpp")
+    setups = []
+    for engine in engines:
+        precisions = [p.strip() for p in args.precisions.split(",") if p.strip()] if engine == "torch" else ["Q8_0"]
+        for precision in precisions:
+            for mode in modes:
+                flags = ["--engine", engine, "--speculate" if mode == "on" else "--no-speculate"]
+                flags += ["--precision", precision] if engine == "torch" else []
+                name = precision if engine == "torch" else "llamacpp engine, Q8_0"
+                setups.append((name if modes == ["on"] else f"{name}, speculate {mode}", flags))
+    return setups
 
 
 def measure(task, gold, prompts, sides: dict, args) -> None:
@@ -234,6 +254,13 @@ def measure(task, gold, prompts, sides: dict, args) -> None:
         if name != ref:
             ratio = statistics.median(secs[name]) * 1000 / p50_ref
             print(f"goal {name} p50 <= {GOAL}x llama.cpp Q8_0: {'MET' if ratio <= GOAL else 'MISSED'} ({ratio:.2f}x)")
+    p50 = {name: statistics.median(s) * 1000 for name, s in secs.items()}
+    for name in [n for n in sides if "llamacpp engine" in n]:
+        mode = name.split("speculate")[-1] if "speculate" in name else None
+        torch_sides = [n for n in sides if n.startswith("ours") and "llamacpp engine" not in n
+                       and (mode is None or n.endswith(f"speculate{mode}"))]
+        for other in torch_sides:
+            print(f"{name} p50 / {other} p50: {p50[name] / p50[other]:.2f}x")
 
 
 if __name__ == "__main__":

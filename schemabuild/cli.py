@@ -15,14 +15,16 @@ from schemabuild.config import ConfigError, click_options, from_options, load_co
 from schemabuild.contract import canonical_json
 from schemabuild.errors import SchemabuildError
 from schemabuild.evaluate import EvalConfig, run_eval
+from schemabuild.inference.forward import ENGINES
 from schemabuild.inference.grammars import BACKENDS, DEFAULT_BACKEND
 from schemabuild.pipeline import PipelineConfig, train_task
 from schemabuild.precision import PRECISIONS, choose_precision
 from schemabuild.predictor import Predictor, resolve_device
-from schemabuild.runs import resolve_run
+from schemabuild.runs import Run, resolve_run
 from schemabuild.synth import DATASET_FORMATS, SynthConfig, export_dataset, synthesize
 from schemabuild.task import TaskError, describe, list_tasks, load_task, tasks_dir as resolve_tasks_dir, write_template
-from schemabuild.train import GGUF_FORMATS, MODEL_FORMATS, QUANTS, export_gguf, export_merged, export_ollama, export_vllm
+from schemabuild.train import (GGUF_FORMATS, MODEL_FORMATS, QUANTS, export_gguf, export_merged, export_ollama,
+                               export_vllm, serving_gguf)
 from schemabuild.serve.app import run_server
 from schemabuild.serve.config import ServeConfig
 
@@ -202,7 +204,10 @@ def train(ctx, task, tasks_dir, runs_dir, config_file, **options):
 def eval_cmd(ctx, task, tasks_dir, runs_dir, config_file, **options):
     """Score TASK's model per field on the gold set; exit non-zero when a threshold fails (a CI gate)."""
     cfg = make_config(EvalConfig, ctx, options, config_file)
-    sys.exit(run_eval(_load(task, tasks_dir), cfg, runs_dir=runs_dir))
+    t = _load(task, tasks_dir)
+    if cfg.engine == "llamacpp":
+        _write_gguf(t, cfg.run, runs_dir)
+    sys.exit(run_eval(t, cfg, runs_dir=runs_dir))
 
 
 @main.command()
@@ -232,14 +237,19 @@ def serve(ctx, tasks, tasks_dir, runs_dir, config_file, **options):
               help="Weights: fp32, bf16, int8 or auto (as `serve`; announced on stderr).")
 @click.option("--speculate/--no-speculate", default=True, show_default=True,
               help="Drafts copied from the message, kept where the model agrees (same answer, fewer passes).")
+@click.option("--engine", type=click.Choice(ENGINES), default="torch", show_default=True,
+              help="Forward passes: torch, or llamacpp over the run's Q8_0 GGUF (written on first use).")
 @user_errors
-def predict(task, text, tasks_dir, runs_dir, run, max_tokens, grammar_backend, precision, speculate):
+def predict(task, text, tasks_dir, runs_dir, run, max_tokens, grammar_backend, precision, speculate, engine):
     """Run TASK's model locally on TEXT (no server) and print the JSON output."""
     t = _load(task, tasks_dir)
     choice = choose_precision(precision, resolve_device())
-    click.echo(choice.line, err=True)
+    if engine == "llamacpp":
+        run = str(_write_gguf(t, run, runs_dir))
+    else:
+        click.echo(choice.line, err=True)
     predictor = Predictor.from_run(t, run=run, runs_dir=runs_dir, grammar_backend=grammar_backend, precision=choice,
-                                   speculate=speculate)
+                                   speculate=speculate, engine=engine)
     result = predictor.predict(text, max_tokens=max_tokens)
     if result.output is None:
         click.echo(result.text, err=True)
@@ -269,6 +279,13 @@ def export(task, tasks_dir, runs_dir, fmt, quant, run, out):
     else:
         export = export_merged if fmt == "merged" else export_vllm
         export(t, resolve_run(task, run, runs_dir, need="model"), out)
+
+
+def _write_gguf(task, run, runs_dir) -> Path:
+    """The run `--engine llamacpp` serves, its GGUF written first when missing or stale (`train.serving_gguf`)."""
+    run_dir = resolve_run(task.name, run, runs_dir, need="model")
+    serving_gguf(task, Run(run_dir).model, say=lambda line: click.echo(line, err=True))
+    return run_dir
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
     model, tokenizer, contract = load_model(task, run.model)              # merged: what serve and export run
     model, tokenizer, contract = load_base(task, "HuggingFaceTB/SmolLM2-135M-Instruct")   # eval --compare base
     model = load_adapters(base, [("task_a", dir_a), ("task_b", dir_b)], device)          # serve: one base copy
+    engine, tokenizer, contract = load_llamacpp(task, run.model, gguf_file)   # --engine llamacpp: llama.cpp's pass
 
 Every folder's contract.json is checked against the task before any weights load; weights load from safetensors
 only and never run a model's own code. bf16 on GPU, fp32 on CPU, unless `precision` says otherwise (precision.py:
@@ -13,12 +14,15 @@ fp32 / bf16 / int8 / auto, applied after any merge; None keeps the load dtype).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from schemabuild.bases import REGISTRY_BASES, base_info, registry_base
 from schemabuild.contract import build_contract, check_contract, load_contract
-from schemabuild.errors import ContractError, TaskError
+from schemabuild.errors import ConfigError, ContractError, TaskError
+from schemabuild.inference.llamacpp import LlamaCppForward, llama_api
 from schemabuild.precision import Precision, apply_precision, choose_precision
+from schemabuild.runs import Run
 
 
 def resolve_device(device=None) -> str:
@@ -122,6 +126,32 @@ def inference_model(model, device: str):
     if hasattr(model, "merge_and_unload") and len(getattr(model, "peft_config", {}) or {}) == 1:
         model = model.merge_and_unload()
     return model.to(device).eval()
+
+
+def load_llamacpp(task, model_dir, gguf_file=None, rows: int = 32, prefixes: int = 8, threads: int | None = None):
+    """(llama.cpp engine, tokenizer, contract) of a model folder whose merged weights `gguf_file` holds (default: the
+    run's `Run.serving_gguf`, which the entry points write first: `train.serving_gguf`); its vocabulary is checked
+    against the model's. Prints which engine and file serve it. `rows`, `prefixes`, `threads`: see
+    `LlamaCppForward`."""
+    llama_api()  # the install hint before anything loads
+    contract, tokenizer = load_checked(task, model_dir)
+    gguf_file = Path(gguf_file) if gguf_file else Run(Path(model_dir).parent).serving_gguf(task.name)
+    if not gguf_file.is_file():
+        raise ConfigError(f"--engine llamacpp: no GGUF at {gguf_file} (serve, predict and eval write it; or run "
+                          f"`schemabuild export {task.name} --format gguf --out {gguf_file}`)")
+    engine = LlamaCppForward(gguf_file, model_vocab_size(model_dir, contract), rows=rows, prefixes=prefixes,
+                             threads=threads)
+    print(engine.describe(), file=sys.stderr, flush=True)
+    return engine, tokenizer, contract
+
+
+def model_vocab_size(model_dir, contract: dict) -> int:
+    """The vocabulary size in the model's config (its base's, for an adapter)."""
+    model_dir = Path(model_dir)
+    folder = Path(adapter_base(model_dir, contract)) if is_adapter(model_dir, contract) else model_dir
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(folder, trust_remote_code=False).vocab_size)
 
 
 def load_base(task, base_dir_or_id, device=None):

@@ -15,7 +15,9 @@ from tqdm.auto import tqdm
 from schemabuild.inference.decoder import Decoder
 from schemabuild.inference.grammars import DEFAULT_BACKEND
 from schemabuild.inference.task_model import Prediction, TaskModel
-from schemabuild.models import load_base, load_model, resolve_device
+from schemabuild.errors import ConfigError
+from schemabuild.inference.forward import ENGINES
+from schemabuild.models import load_base, load_llamacpp, load_model, resolve_device
 from schemabuild.runs import resolve_run
 
 __all__ = ["Prediction", "Predictor"]
@@ -35,9 +37,18 @@ class Predictor:
 
     @classmethod
     def from_model_dir(cls, task, model_dir, device=None, prefix_cache: int = 8,
-                       grammar_backend: str = DEFAULT_BACKEND, precision=None, speculate: bool = True) -> "Predictor":
+                       grammar_backend: str = DEFAULT_BACKEND, precision=None, speculate: bool = True,
+                       engine: str = "torch", rows: int = 32) -> "Predictor":
         """Load `model_dir` (full weights or a PEFT adapter) after checking its contract against `task`; `precision`
-        (fp32 / bf16 / int8 / auto, or a resolved precision.Precision) as in models.load_model."""
+        (fp32 / bf16 / int8 / auto, or a resolved precision.Precision) as in models.load_model. `engine` "llamacpp":
+        llama.cpp runs the run's Q8_0 GGUF (`models.load_llamacpp`; `precision` and `device` do not apply) with room
+        for `rows` sequences at once."""
+        if engine not in ENGINES:
+            raise ConfigError(f"--engine {engine}: expected one of {', '.join(ENGINES)}")
+        if engine == "llamacpp":
+            forward, tokenizer, contract = load_llamacpp(task, model_dir, rows=rows, prefixes=prefix_cache)
+            return cls(task, forward, tokenizer, contract, prefix_cache=prefix_cache, grammar_backend=grammar_backend,
+                       speculate=speculate)
         device = resolve_device(device)
         model, tokenizer, contract = load_model(task, model_dir, device, precision=precision)
         return cls(task, model, tokenizer, contract, device=device, prefix_cache=prefix_cache,
@@ -45,11 +56,11 @@ class Predictor:
 
     @classmethod
     def from_run(cls, task, run=None, runs_dir=None, device=None, grammar_backend: str = DEFAULT_BACKEND,
-                 precision=None, speculate: bool = True) -> "Predictor":
+                 precision=None, speculate: bool = True, engine: str = "torch") -> "Predictor":
         """The model of `run` (a path or run id; default: the task's latest run)."""
         model_dir = resolve_run(task.name, run, runs_dir, need="model") / "model"
         return cls.from_model_dir(task, model_dir, device, grammar_backend=grammar_backend, precision=precision,
-                                  speculate=speculate)
+                                  speculate=speculate, engine=engine)
 
     @classmethod
     def from_base(cls, task, base_dir_or_id, device=None, grammar_backend: str = DEFAULT_BACKEND) -> "Predictor":

@@ -9,6 +9,7 @@ the gold-file default, plus small JSON/JSONL helpers.
       eval/         report.json, report.md, report.html, predictions.jsonl                    (schemabuild eval)
       refine/       report.json, round-<k>/                                                    (train --refine)
       export/<fmt>/                                                                            (schemabuild export)
+      gguf/<task>.<quant>.gguf   the model as llama.cpp serves it (serve/predict/eval --engine llamacpp)
 """
 
 from __future__ import annotations
@@ -114,6 +115,10 @@ class Run:
 
     def export(self, fmt: str) -> Path:
         return self.dir / "export" / fmt
+
+    def serving_gguf(self, task_name: str, quant: str = "q8_0") -> Path:
+        """The GGUF `--engine llamacpp` serves (written from model/ on first use)."""
+        return self.dir / "gguf" / f"{task_name}.{quant}.gguf"
 
     # -- state --
     def has_data(self) -> bool:

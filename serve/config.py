@@ -5,6 +5,7 @@ import os
 from typing import Literal
 
 from schemabuild.config import ConfigError
+from schemabuild.inference.forward import ENGINES
 from schemabuild.inference.grammars import DEFAULT_BACKEND
 from schemabuild.precision import PRECISIONS
 
@@ -60,6 +61,10 @@ class ServeConfig:
     """Memory a grammar compile may take, in a child process (400 invalid_schema above)."""
     grammar_backend: Literal["xgrammar", "llguidance"] = DEFAULT_BACKEND
     """Grammar engine for constrained decoding: xgrammar or llguidance (same answers on task schemas)."""
+    engine: Literal["torch", "llamacpp"] = "torch"
+    """Forward passes: torch (transformers, in --precision) or llamacpp (llama.cpp over the run's Q8_0 GGUF, written
+    to <run>/gguf/ on first use; needs llama-cpp-python). The decoding (grammar, jump-forward, speculation) is ours on
+    both; llamacpp's answers are Q8_0's, not fp32's."""
     speculate: bool = True
     """Greedy requests feed drafts copied from their prompt (answers often copy the message) and keep what the model
     confirms: the same answers in fewer forward passes."""
@@ -87,6 +92,10 @@ class ServeConfig:
             raise ConfigError("--prefix-cache: must not be negative")
         if self.grammar_backend not in ("xgrammar", "llguidance"):
             raise ConfigError(f"--grammar-backend {self.grammar_backend}: expected xgrammar or llguidance")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine {self.engine}: expected one of {', '.join(ENGINES)}")
+        if self.engine == "llamacpp" and self.mixed_adapters:
+            raise ConfigError("--mixed-adapters: not with --engine llamacpp (it serves one merged GGUF per model)")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}")
         if self.batch_window_ms < 0:

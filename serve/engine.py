@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 from schemabuild.errors import GrammarError
-from schemabuild.inference.kv import Batch
 from schemabuild.inference.request import Request, Result
 
 
@@ -210,7 +209,7 @@ class Engine:
         return jobs, stopping
 
     def _work(self) -> None:
-        batches: dict[str | None, Batch] = {}
+        batches: dict = {}  # group key: the decoder's running batch
         stopping = False
         while True:
             running = sum(len(b.rows) for b in batches.values())
@@ -221,7 +220,7 @@ class Engine:
             for job in jobs:  # the decoder's grouping: one batch per adapter, or one in all when mixed
                 key = self.decoder.group_key(job.req)
                 joining.setdefault(key, []).append(job)
-                batches.setdefault(key, Batch(key))
+                batches.setdefault(key, self.decoder.new_batch(key))
             for adapter in list(batches):  # every adapter with work takes one step per round
                 self._step(batches[adapter], joining.get(adapter, []))
                 if not batches[adapter].rows:
@@ -229,7 +228,7 @@ class Engine:
             with self._stats_lock:
                 self._running = sum(len(b.rows) for b in batches.values())
 
-    def _step(self, batch: Batch, jobs: list[Job]) -> None:
+    def _step(self, batch, jobs: list[Job]) -> None:
         left = [row for row in batch.rows if row.tag.gone]
         if left:
             self.decoder.drop(batch, left)

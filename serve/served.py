@@ -14,6 +14,7 @@ from schemabuild.precision import choose_precision
 from schemabuild.predictor import Predictor
 from schemabuild.runs import resolve_run
 from schemabuild.serve.config import ServeConfig
+from schemabuild.train import serving_gguf
 
 
 @dataclasses.dataclass
@@ -93,13 +94,21 @@ def load_models(tasks: list, cfg: ServeConfig, runs_dir=None, model_dirs: list |
     for key in [k for k, members in adapters.items() if len(members) == 1]:  # alone on its base: served merged
         task, model_dir, *_ = adapters.pop(key)[0]
         full.append((task, model_dir))
-    print(precision.line, flush=True)
+    if cfg.engine == "llamacpp" and adapters:
+        shared = ", ".join(t.name for members in adapters.values() for t, *_ in members)
+        raise ConfigError(f"--engine llamacpp: serves one merged model per task, not adapters sharing a base "
+                          f"({shared}); serve them one per process, or use --engine torch")
+    if cfg.engine == "torch":
+        print(precision.line, flush=True)
     served: dict[str, Served] = {}
     for task, model_dir in full:
+        if cfg.engine == "llamacpp":
+            serving_gguf(task, model_dir)
         served[task.name] = as_served(Predictor.from_model_dir(task, model_dir, device=device,
                                                                prefix_cache=cfg.prefix_cache,
                                                                grammar_backend=cfg.grammar_backend, precision=precision,
-                                                               speculate=cfg.speculate))
+                                                               speculate=cfg.speculate, engine=cfg.engine,
+                                                               rows=cfg.max_batch))
     for (base, *_), members in adapters.items():
         model = load_adapters(base, [(t.name, d) for t, d, *_ in members], device, precision=precision)
         tokenizer, contract = members[0][2], members[0][3]

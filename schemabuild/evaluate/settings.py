@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from schemabuild.errors import ConfigError
+from schemabuild.inference.forward import ENGINES
 from schemabuild.inference.grammars import DEFAULT_BACKEND
 from schemabuild.precision import PRECISIONS
 
@@ -40,6 +41,11 @@ class EvalConfig:
     """Grammar engine for constrained decoding."""
     precision: str = "auto"
     """Weights the model is scored in: fp32, bf16, int8 or auto (what `serve` runs by default on this machine)."""
+    engine: Literal["torch", "llamacpp"] = "torch"
+    """Forward passes: torch (transformers, in --precision) or llamacpp (llama.cpp over the run's Q8_0 GGUF, written
+    to <run>/gguf/ on first use; needs llama-cpp-python). The decoding (grammar, jump-forward, speculation) is ours on
+    both; llamacpp's answers are Q8_0's, not fp32's."""
+
     def __post_init__(self) -> None:
         self.compare = list(self.compare or [])
         self.min = list(self.min or [])
@@ -58,6 +64,8 @@ class EvalConfig:
             raise ConfigError(f"--batch-size {self.batch_size}: must be >= 1")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit {self.limit}: must be >= 1")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine {self.engine}: expected one of {', '.join(ENGINES)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}")
         for name in ("data", "baseline", "out"):

@@ -109,9 +109,10 @@ def evaluate(task: Task, cfg: EvalConfig, runs_dir=None, quiet: bool = False) ->
 
     # run
     precision = choose_precision(cfg.precision, resolve_device())
-    _say(precision.line, quiet)
+    if cfg.engine == "torch":
+        _say(precision.line, quiet)
     predictor = Predictor.from_run(task, run=str(run_dir), runs_dir=runs_dir, grammar_backend=cfg.grammar_backend,
-                                   precision=precision)
+                                   precision=precision, engine=cfg.engine)
     preds = predictor.predict_many(texts, batch_size=cfg.batch_size, progress=not quiet)
     models = {PRIMARY: score(task, examples, preds, PRIMARY, str(Run(run_dir).model))}
     for other in cfg.compare:

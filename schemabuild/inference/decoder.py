@@ -1,15 +1,15 @@
-"""Constrained decoding: our own KV-cached decode loop over a transformers model, with grammar masks,
-jump-forward, prompt-lookup speculation and continuous batching (the server's scheduler,
-`schemabuild.serve.engine.Engine`, drives it).
+"""Constrained decoding: our own KV-cached decode loop over a model's forward pass (`forward.Forward`: a transformers
+model, or llama.cpp over a GGUF), with grammar masks, jump-forward, prompt-lookup speculation and continuous batching
+(the server's scheduler, `schemabuild.serve.engine.Engine`, drives it).
 
     decoder = Decoder(model, tokenizer, stop_ids=contract["stop_ids"])          # grammar_backend="llguidance"
     [result] = decoder.generate([Request(prompt_ids, grammar_schema(task.output))])
 
-One batch = one left-padded KV cache (`kv.Batch`). Each forward pass feeds every live sequence its pending tokens
-(the prompt, then the token just chosen plus any jump-forward tokens), right-aligned with an attention mask and
-explicit position ids, so sequences of different lengths share the pass. Finished sequences leave the cache.
-A greedy sequence may also feed a draft copied from its prompt (`speculate.py`): the pass then checks it, and the
-draft tokens the model would not have chosen leave the cache.
+On a transformers model one batch = one left-padded KV cache (`kv.Batch`, `kv.TorchForward`). Each forward pass
+feeds every live sequence its pending tokens (the prompt, then the token just chosen plus any jump-forward tokens),
+right-aligned with an attention mask and explicit position ids, so sequences of different lengths share the pass.
+Finished sequences leave the cache. A greedy sequence may also feed a draft copied from its prompt (`speculate.py`):
+the pass then checks it, and the draft tokens the model would not have chosen leave the cache.
 A sequence may start from the cached KV of a prompt prefix many requests share (`kv.start_cache`).
 """
 
@@ -20,19 +20,21 @@ import threading
 
 from schemabuild.inference.grammars import DEFAULT_BACKEND, make_backend, printable_mask
 from schemabuild.inference.jump import JumpForward
-from schemabuild.inference.kv import Batch, PrefixCache, drop_rejected, pass_inputs, start_cache
+from schemabuild.inference.forward import Forward
+from schemabuild.inference.kv import PrefixCache, TorchForward
 from schemabuild.inference.request import Request, Result, Sequence, check_request
 from schemabuild.inference.sampling import choose, new_generator
 from schemabuild.inference.speculate import PromptLookup, draft_limit
 
 
 class Decoder:
-    """Batched, grammar-constrained decoding with a KV cache over a transformers causal LM."""
+    """Batched, grammar-constrained decoding with a KV cache over a transformers causal LM or another `Forward`."""
 
     def __init__(self, model, tokenizer, stop_ids: list[int], device=None, jump_forward: bool = True,
                  prefix_cache: int = 8, mixed_adapters: bool = False, grammar_backend: str = DEFAULT_BACKEND,
                  speculate: bool = True):
-        """`prefix_cache`: how many shared prompt prefixes (see Request.prefix_len) keep their KV; 0 = no reuse.
+        """`model`: a transformers causal LM (run by `kv.TorchForward`) or a `forward.Forward` engine.
+        `prefix_cache`: how many shared prompt prefixes (see Request.prefix_len) keep their KV; 0 = no reuse.
         `mixed_adapters`: on a PEFT model with several LoRA adapters, sequences of every adapter share one batch and
         each forward pass, each LoRA layer adding its row's own adapter (PEFT's `adapter_names`); off, one batch per
         adapter (`set_adapter` before each). Off by default: on 2 CPU cores it measured no faster (BENCHMARKS.md).
@@ -45,21 +47,35 @@ class Decoder:
             raise ValueError("stop_ids must name at least one token")
         self.model, self.tokenizer = model, tokenizer
         self.stop_ids = [int(i) for i in stop_ids]
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if isinstance(model, Forward):
+            self.device, self.vocab_size = torch.device(model.device), model.vocab_size
+        else:
+            self.device = torch.device(device) if device is not None else next(model.parameters()).device
+            self.vocab_size = int(model.config.vocab_size if hasattr(model, "config") else len(tokenizer))
         self.jump_forward = jump_forward
         self.drafts = collections.Counter()  # "fed" draft tokens and "kept" ones, over the decoder's life
-        self.vocab_size = int(model.config.vocab_size if hasattr(model, "config") else len(tokenizer))
         self.grammars = make_backend(grammar_backend, tokenizer, self.vocab_size, self.stop_ids)
         self.jumps = JumpForward(tokenizer, self.grammars, self.stop_ids)
         self.lookup = PromptLookup(self.grammars, self.stop_ids) if speculate else None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.default_adapter = getattr(model, "active_adapter", None) if hasattr(model, "peft_config") else None
         self.mixed = mixed_adapters and len(getattr(model, "peft_config", None) or {}) > 1
+        self.forward: Forward = model if isinstance(model, Forward) else TorchForward(
+            model, self.device, self.vocab_size, self.pad_id, self.mixed)
         self.prefixes = PrefixCache(prefix_cache)
         self._lock = threading.Lock()  # one step at a time per model (the Engine's thread and others)
         self._bits = self._printable = None
 
     # -- public --
+
+    @property
+    def context(self) -> int | None:
+        """Positions a sequence may hold (prompt + output); None when the engine does not say."""
+        return self.forward.context
+
+    def new_batch(self, adapter: str | None = None):
+        """An empty running batch on `adapter` (the engine's kind: `kv.Batch` on a transformers model)."""
+        return self.forward.new_batch(adapter)
 
     def group_key(self, req: Request) -> str | None:
         """Requests with the same key share a running batch: their adapter, or one batch in all when `mixed`."""
@@ -74,7 +90,7 @@ class Decoder:
         for i, r in enumerate(requests):
             groups.setdefault(self.group_key(r), []).append(i)
         for key, idx in groups.items():
-            batch = Batch(key)
+            batch = self.new_batch(key)
             seqs, _ = self.step(batch, [requests[i] for i in idx])
             while batch.rows:
                 self.step(batch)
@@ -82,7 +98,7 @@ class Decoder:
                 results[i] = self.result(seq)
         return results  # type: ignore[return-value]
 
-    def step(self, batch: Batch, joining: list[Request] = ()) -> tuple[list[Sequence], list[Sequence]]:
+    def step(self, batch, joining: list[Request] = ()) -> tuple[list[Sequence], list[Sequence]]:
         """One step of a running batch: a decode pass for the sequences already in it, then the prefill of `joining`
         in a pass of its own, merged into the batch's cache. Finished sequences leave the batch at once.
 
@@ -97,7 +113,7 @@ class Decoder:
             if not self.mixed:
                 self._use_adapter(batch.adapter)
             if batch.rows:
-                batch.cache, batch.mask = self._pass(batch.rows, batch.cache, batch.mask)
+                self._pass(batch)
             if new:
                 bitmask = self._bitmask(len(new))
                 if self.jump_forward:  # text forced before the first token (e.g. `{"tool":"`) joins the prefill
@@ -107,8 +123,9 @@ class Decoder:
                 live = [seq for seq in new if seq.finish is None]
                 if live:
                     names = [self._adapter_name(s.req.adapter if self.mixed else batch.adapter) for s in live]
-                    cache, mask = start_cache(self.model, live, self.prefixes, names, self.mixed, self.device)
-                    batch.merge(live, *self._pass(live, cache, mask))
+                    part = self.forward.start(live, self.prefixes, batch.adapter, names)
+                    self._pass(part)
+                    self.forward.merge(batch, part)
             early = {id(seq) for seq in live}
             finished = [seq for seq in batch.rows if seq.finish is not None]
             finished += [seq for seq in new if seq.finish is not None and id(seq) not in early]
@@ -120,7 +137,7 @@ class Decoder:
                     seq.pending += seq.draft
         return new, finished
 
-    def drop(self, batch: Batch, seqs: list[Sequence]) -> None:
+    def drop(self, batch, seqs: list[Sequence]) -> None:
         """Take `seqs` out of `batch` now (their callers left); their KV memory is freed."""
         with self._lock:
             gone = {id(s) for s in seqs}
@@ -164,20 +181,16 @@ class Decoder:
             self._bits = self.grammars.allocate_mask(max(n, 8))
         return self._bits
 
-    def _pass(self, live: list[Sequence], cache, mask):
-        """One forward pass over `live`, then each sequence chooses and takes its next token (under its grammar's
-        mask), and the draft tokens it fed that the model confirms. Returns the grown (cache, attention mask)."""
+    def _pass(self, batch) -> None:
+        """One forward pass over `batch`'s rows, then each sequence chooses and takes its next token (under its
+        grammar's mask), and the draft tokens it fed that the model confirms; the rest leave the batch's KV."""
         import torch
 
+        live = batch.rows
         drafts = [seq.draft for seq in live]
         keep = 1 + max(len(d) for d in drafts)  # logits for each row's last real token and its draft tokens
-        ids, pos, mask = pass_inputs(live, self.pad_id, mask, self.device)
-        per_row = {"adapter_names": [self._adapter_name(s.req.adapter) for s in live]} if self.mixed else {}
-        out = self.model(  # without padding the model's own causal mask is enough (and cheaper to build)
-            input_ids=ids, attention_mask=None if bool(mask.all()) else mask, position_ids=pos,
-            past_key_values=cache, use_cache=True, logits_to_keep=keep, **per_row,
-        )
-        logits = out.logits[:, :, : self.vocab_size].float()
+        names = [self._adapter_name(s.req.adapter) for s in live] if self.mixed else None
+        logits = self.forward.run(batch, [1 + len(d) for d in drafts], names)
         first = logits[torch.arange(len(live)), torch.tensor([keep - 1 - len(d) for d in drafts])]
         bitmask = self._bitmask(len(live))
         for b, (seq, tok, lp) in enumerate(zip(live, *self._choose(first, live, bitmask))):
@@ -189,7 +202,7 @@ class Decoder:
             rejected.append(None if seq.finish is not None else len(draft) - kept)
             if draft:
                 self.drafts.update(fed=len(draft), kept=kept)
-        return drop_rejected(out.past_key_values, mask, rejected)
+        self.forward.drop_rejected(batch, rejected)
 
     def _choose(self, logits, seqs: list[Sequence], bitmask) -> tuple[list[int], list[float]]:
         """Each row's token (row i of `logits` is seqs[i]'s, masked by its grammar in row i of `bitmask`) and its

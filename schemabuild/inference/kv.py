@@ -1,5 +1,6 @@
-"""The KV side of continuous batching: a running batch (its live sequences and their shared KV cache and attention
-mask) and the KV of shared prompt prefixes, kept to start new sequences from."""
+"""The KV side of continuous batching on a transformers model: a running batch (its live sequences and their shared KV
+cache and attention mask), the KV of shared prompt prefixes, kept to start new sequences from, and `TorchForward`,
+the `forward.Forward` engine built on them."""
 
 from __future__ import annotations
 
@@ -136,7 +137,7 @@ def start_cache(model, seqs: list, prefixes: PrefixCache, adapter_names: list, m
 
     entries = []
     for seq, name in zip(seqs, adapter_names):
-        n = min(seq.req.prefix_len, len(seq.req.prompt_ids) - 1) if prefixes.size > 0 else 0
+        n = prefix_tokens(seq, prefixes)
         if n < 1:
             entries.append(None)
             continue
@@ -146,6 +147,11 @@ def start_cache(model, seqs: list, prefixes: PrefixCache, adapter_names: list, m
     if all(e is None for e in entries):
         return DynamicCache(), torch.zeros((len(seqs), 0), dtype=torch.long, device=device)
     return start_from_prefixes(entries, device)
+
+
+def prefix_tokens(seq, prefixes: PrefixCache) -> int:
+    """How many of a new sequence's prompt tokens start from shared prefix KV (0: none; never the whole prompt)."""
+    return min(seq.req.prefix_len, len(seq.req.prompt_ids) - 1) if prefixes.size > 0 else 0
 
 
 def prefix_kv(model, prefixes: PrefixCache, adapter: str | None, ids: tuple[int, ...], mixed: bool, device) -> list:
@@ -198,3 +204,38 @@ def pass_inputs(seqs: list, pad_id: int, mask, device):
         seq.passes += 1
     mask = torch.cat([mask, torch.tensor(mask_l, device=device)], dim=1)
     return torch.tensor(ids_l, device=device), torch.tensor(pos_l, device=device), mask
+
+
+class TorchForward:
+    """The `forward.Forward` engine over a transformers causal LM: one left-padded DynamicCache per `Batch`."""
+
+    def __init__(self, model, device, vocab_size: int, pad_id: int, mixed: bool):
+        self.model, self.device, self.vocab_size = model, device, vocab_size
+        self.pad_id, self.mixed = pad_id, mixed
+        config = getattr(model, "config", None)
+        self.context: int | None = getattr(config, "max_position_embeddings", None)
+
+    def new_batch(self, adapter: str | None) -> Batch:
+        return Batch(adapter)
+
+    def start(self, seqs: list, prefixes: PrefixCache, adapter: str | None, adapter_names: list) -> Batch:
+        part = Batch(adapter)
+        part.rows = list(seqs)
+        part.cache, part.mask = start_cache(self.model, seqs, prefixes, adapter_names, self.mixed, self.device)
+        return part
+
+    def run(self, batch: Batch, keep: list[int], adapter_names: list | None):
+        ids, pos, mask = pass_inputs(batch.rows, self.pad_id, batch.mask, self.device)
+        per_row = {"adapter_names": adapter_names} if self.mixed else {}
+        out = self.model(  # without padding the model's own causal mask is enough (and cheaper to build)
+            input_ids=ids, attention_mask=None if bool(mask.all()) else mask, position_ids=pos,
+            past_key_values=batch.cache, use_cache=True, logits_to_keep=max(keep), **per_row,
+        )
+        batch.cache, batch.mask = out.past_key_values, mask
+        return out.logits[:, :, : self.vocab_size].float()
+
+    def drop_rejected(self, batch: Batch, rejected: list[int | None]) -> None:
+        batch.cache, batch.mask = drop_rejected(batch.cache, batch.mask, rejected)
+
+    def merge(self, batch: Batch, part: Batch) -> None:
+        batch.merge(part.rows, part.cache, part.mask)

@@ -54,8 +54,7 @@ class TaskModel:
         self.system = system_prompt(task, self.contract)
         self.schema = grammar_schema(task.output)
         self.prefix = prompt_prefix(self.tokenizer, self.system)  # its KV is reused (the decoder's prefix cache)
-        config = getattr(getattr(decoder, "model", None), "config", None)
-        self.context: int | None = getattr(config, "max_position_embeddings", None)
+        self.context: int | None = decoder.context
         decoder.compile(self.schema)  # pay the grammar compile at load, not on the first request
 
     # -- prompt → request --

@@ -56,11 +56,27 @@ def export_ollama(task, run_dir, out=None, quant: str = "q8_0", say=print) -> Pa
     return folder
 
 
+def serving_gguf(task, model_dir, quant: str = "q8_0", say=print) -> Path:
+    """The GGUF `--engine llamacpp` serves for `model_dir` (`Run.serving_gguf` beside it): written from the model
+    when missing or older than the model's files, else reused."""
+    model_dir = Path(model_dir)
+    path = Run(model_dir.parent).serving_gguf(task.name, quant)
+    newest = max((f.stat().st_mtime for f in model_dir.iterdir() if f.is_file()), default=0.0)
+    if not path.is_file() or path.stat().st_mtime < newest:
+        write_model_gguf(task, model_dir, path, quant, say)
+    return path
+
+
 def write_run_gguf(task, run: Run, path: Path, quant: str, say=print):
     """Merge the run's model and write it to `path`; returns (tokenizer, contract)."""
+    return write_model_gguf(task, run.model, path, quant, say)
+
+
+def write_model_gguf(task, model_dir, path: Path, quant: str, say=print):
+    """Merge the model in `model_dir` and write it to `path`; returns (tokenizer, contract)."""
     if quant not in QUANTS:
         raise ConfigError(f"--quant {quant}: unknown (choose one of {', '.join(QUANTS)})")
-    model, tokenizer, contract = load_model(task, run.model, device="cpu", merge=True)
+    model, tokenizer, contract = load_model(task, model_dir, device="cpu", merge=True)
     arch = architecture(model.config)
     path.parent.mkdir(parents=True, exist_ok=True)
     say(f"writing {path.name} ({arch}, {quant}) to {path.parent}")
