@@ -1,12 +1,14 @@
 """Serving with prompt-lookup speculation on vs off: sequential and 16-client throughput, two servers, interleaved.
 
     OMP_NUM_THREADS=1 python bench/serve_speculate.py --run runs/tool_picker/latest [--rounds 2]
+    OMP_NUM_THREADS=1 python bench/serve_speculate.py --run <run> --compare engine   # --engine llamacpp vs torch
 
 Starts `schemabuild serve --speculate` and `--no-speculate` (bench/serve.py's `start_server`) on the same run, then
 for each round: sequential requests on one server, then the other; then `--clients` concurrent requests on one, then
 the other (the order alternating per round), so load from other jobs hits both alike. Requests are bench/serve.py's
 predict bodies. Printed per side: requests/s sequential and concurrent, their ratio (goal >= 5x), p50 latency, and
-whether every answer is byte-identical across the two servers.
+whether every answer is byte-identical across the two servers. `--compare engine` runs the same with
+`--engine llamacpp` against `--engine torch` (both speculating) instead.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SIDES = {"speculate": {"on": ["--speculate"], "off": ["--no-speculate"]},
+         "engine": {"llamacpp": ["--engine", "llamacpp"], "torch": ["--engine", "torch"]}}
 _spec = importlib.util.spec_from_file_location("bench_serve", ROOT / "bench" / "serve.py")
 bench_serve = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_serve)
@@ -30,18 +34,20 @@ def main() -> None:
     ap.add_argument("--sequential", type=int, default=4, help="sequential requests per side and round")
     ap.add_argument("--concurrent", type=int, default=48, help="concurrent requests per side and round")
     ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--compare", choices=sorted(SIDES), default="speculate")
     a = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     servers, urls = [], {}
     try:
-        for mode in ("on", "off"):
+        sides = SIDES[a.compare]
+        first, second = sides
+        for mode, flags in sides.items():
             port = bench_serve.free_port()
-            servers.append(bench_serve.start_server(a.run.resolve(), port, 32, 3.0,
-                                                    extra=["--speculate" if mode == "on" else "--no-speculate"]))
+            servers.append(bench_serve.start_server(a.run.resolve(), port, 32, 3.0, extra=flags))
             urls[mode] = f"http://127.0.0.1:{port}"
         got = {(m, kind): [] for m in urls for kind in ("seq", "conc")}
         for r in range(a.rounds):
-            order = ["on", "off"] if r % 2 == 0 else ["off", "on"]
+            order = [first, second] if r % 2 == 0 else [second, first]
             for kind, n, clients in (("seq", a.sequential, 1), ("conc", a.concurrent, a.clients)):
                 for mode in order:
                     got[mode, kind].append(asyncio.run(bench_serve.measure(urls[mode], n, clients, True, 0)))
@@ -59,14 +65,14 @@ def main() -> None:
             rps[mode, kind] = sum(x["requests"] for x in runs) / sum(x["wall_s"] for x in runs)
         p50 = sorted(x["p50_ms"] for x in got[mode, "conc"])[len(got[mode, "conc"]) // 2]
         errors = sum(x["errors"] for k in ("seq", "conc") for x in got[mode, k])
-        print(f"speculate {mode:3s}: sequential {rps[mode, 'seq']:.2f} req/s, {a.clients} clients "
+        print(f"{a.compare} {mode:8s}: sequential {rps[mode, 'seq']:.2f} req/s, {a.clients} clients "
               f"{rps[mode, 'conc']:.2f} req/s ({rps[mode, 'conc'] / rps[mode, 'seq']:.2f}x sequential), "
               f"concurrent p50 {p50:.0f} ms, {errors} errors")
-    print(f"on / off: sequential {rps['on', 'seq'] / rps['off', 'seq']:.2f}x, "
-          f"concurrent {rps['on', 'conc'] / rps['off', 'conc']:.2f}x requests/s")
+    print(f"{first} / {second}: sequential {rps[first, 'seq'] / rps[second, 'seq']:.2f}x, "
+          f"concurrent {rps[first, 'conc'] / rps[second, 'conc']:.2f}x requests/s")
     same = total = 0
     for kind in ("seq", "conc"):
-        for x, y in zip(got["on", kind], got["off", kind]):
+        for x, y in zip(got[first, kind], got[second, kind]):
             common = set(x["answers"]) & set(y["answers"])
             same += sum(x["answers"][i] == y["answers"][i] for i in common)
             total += len(common)
