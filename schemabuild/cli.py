@@ -18,7 +18,7 @@ from schemabuild.evaluate import EvalConfig, run_eval
 from schemabuild.inference.forward import ENGINES
 from schemabuild.inference.grammars import BACKENDS, DEFAULT_BACKEND
 from schemabuild.pipeline import PipelineConfig, train_task
-from schemabuild.precision import PRECISIONS, choose_precision
+from schemabuild.precision import PRECISIONS, choose_precision, choose_wait_policy
 from schemabuild.predictor import Predictor, resolve_device
 from schemabuild.runs import Run, resolve_run
 from schemabuild.synth import DATASET_FORMATS, SynthConfig, export_dataset, synthesize
@@ -189,6 +189,7 @@ def synth(ctx, task, tasks_dir, runs_dir, config_file, **options):
 @user_errors
 def train(ctx, task, tasks_dir, runs_dir, config_file, **options):
     """Synthesize (if needed), fine-tune and evaluate TASK; prints where everything went."""
+    choose_wait_policy()  # before torch loads: OpenMP reads it once (announced in training's `cpu:` line)
     cfg = make_config(PipelineConfig, ctx, options, config_file)
     train_task(_load(task, tasks_dir), cfg, runs_dir=runs_dir)
 

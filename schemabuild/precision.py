@@ -28,7 +28,8 @@ from schemabuild.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of the native bf16 matmul instructions
-KEEP_FP32 = ("lm_head", "lora_")  # module names int8 leaves alone (see the module docstring)
+KEEP_FP32 = ("lm_head", "lora_")
+WAIT_CHOICE: dict[str, str] = {}  # "line": what choose_wait_policy decided in this process, and why  # module names int8 leaves alone (see the module docstring)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,17 +79,28 @@ def choose_wait_policy(environ=os.environ, others: float | None | str = "detect"
     Measured (bench/wait_policy.py, BENCHMARKS.md "Session 6"): on 2 idle cores, threads that spin while waiting
     train 1.19x faster than passive ones; beside one busy process they train 2x slower. So: ACTIVE when no other
     thread is ready to run at the start, else PASSIVE. A value the user set is kept; too late once torch is loaded.
+    Called by `schemabuild train` only: a server with spinning threads would burn its cores while idle.
     """
     if environ.get("OMP_WAIT_POLICY"):
         return f"OMP_WAIT_POLICY={environ['OMP_WAIT_POLICY']} (yours)"
     if ("torch" in sys.modules) if torch_loaded is None else torch_loaded:
-        return "libgomp's default (torch was loaded first)"
+        return "libgomp's default OpenMP waiting (torch was loaded first)"
     others = runnable_others() if others == "detect" else others
     busy = others is None or others >= 1
     environ["OMP_WAIT_POLICY"] = "PASSIVE" if busy else "ACTIVE"
     why = "no load reading" if others is None else f"{others:g} other threads ready to run"
-    return (f"OMP_WAIT_POLICY={environ['OMP_WAIT_POLICY']} ({why}; "
-            f"{'spinning threads train 2x slower beside other jobs' if busy else 'spinning threads train 1.19x faster on idle cores'})")
+    WAIT_CHOICE["line"] = (f"OMP_WAIT_POLICY={environ['OMP_WAIT_POLICY']} ({why}; "
+                           f"{'spinning threads train 2x slower beside other jobs' if busy else 'spinning threads train 1.19x faster on idle cores'})")
+    return WAIT_CHOICE["line"]
+
+
+def wait_policy_line(environ=os.environ) -> str:
+    """What OpenMP waiting this process trains with, and who chose it, in a few words."""
+    if WAIT_CHOICE.get("line", "").startswith(f"OMP_WAIT_POLICY={environ.get('OMP_WAIT_POLICY')} "):
+        return WAIT_CHOICE["line"]
+    if environ.get("OMP_WAIT_POLICY"):
+        return f"OMP_WAIT_POLICY={environ['OMP_WAIT_POLICY']} (yours)"
+    return "libgomp's default OpenMP waiting (`schemabuild train` chooses; set OMP_WAIT_POLICY to choose yourself)"
 
 
 def int8_engine() -> str | None:

@@ -51,9 +51,6 @@ from schemabuild.train.data import MIN_ROWS, load_split
 from schemabuild.train.length import Validator, curve_callback, plan_length
 from schemabuild.train.settings import LORA_DEFAULTS, TINY_DEFAULTS, TrainConfig
 
-# OpenMP threads that spin while waiting: faster on idle cores, 2x slower beside other jobs; read once, when torch
-# loads, so chosen here (see precision.choose_wait_policy) and announced when training starts on a CPU.
-WAIT_POLICY = engine_precision.choose_wait_policy()
 
 
 def _progress_callback(log_path: Path, is_main: bool):
@@ -195,7 +192,7 @@ def train_run(task, run_dir: Path, cfg: TrainConfig, validator: Validator | None
     if main:
         print(f"precision: {precision} ({why})")
         if device == "cpu":
-            print(f"cpu: {torch.get_num_threads()} threads, {WAIT_POLICY}")
+            print(f"cpu: {torch.get_num_threads()} threads, {engine_precision.wait_policy_line()}")
         print(f"length: {length.why}")
     model = _load_weights(plan, cfg, bf16 and device == "cuda")  # on CPU: fp32 weights, bf16 autocast
     peft_config = None if plan.full else lora_config(model, cfg, plan.lora_r, plan.lora_alpha)
