@@ -6,7 +6,10 @@ those rows through the contract (the same `Predictor` and constrained decoder as
 from the caller, see `Validator`), the mean field accuracy is compared with the last gain's (a gain is
 `GAIN_ANSWERS` more right answers), the best measured weights are kept in memory, and training stops `patience`
 measurements after the last gain, or at once when every field is right, but never before `min_epochs`.
-The learning-rate schedule is planned over `max_epochs`. At the end the best weights are put back before saving.
+The learning-rate schedule is planned over `max_epochs`, so a stop comes before the schedule has annealed: when the
+rule fires, the learning rate falls linearly to 0 over `cooldown` more steps, the annealed weights are measured once
+more and kept unless the best measured beats them by a gain (the end of `max_epochs` is annealed by the schedule and
+judged the same way). At the end the kept weights are put back before saving.
 
 Under a launcher every process measures the same rows with the same weights, so all of them stop at the same step.
 """
@@ -48,6 +51,8 @@ class LengthPlan:
     min_steps: int = 0
     val_every: int = 0
     patience: int = 0
+    cooldown: int = 0
+    """Steps of learning-rate cool-down after the stop rule fires (0: stop at once)."""
     why: str = ""
     """One line: how the length is decided."""
 
@@ -67,10 +72,12 @@ def plan_length(cfg: TrainConfig, kind: str, fixed_default: float, rows: int, pe
     min_epochs = min(cfg.min_epochs if cfg.min_epochs is not None else d["min_epochs"], max_epochs)
     val_every = cfg.val_every or max(1, round(steps_per_epoch * d["val_every"]))
     patience = cfg.patience or d["patience"]
+    cooldown = cfg.cooldown if cfg.cooldown is not None else round(steps_per_epoch * d["cooldown"])
     min_steps = math.ceil(min_epochs * steps_per_epoch)
     why = (f"measured: until validation accuracy stops improving ({len(validator.texts)} val rows every {val_every} "
-           f"steps, patience {patience}; {min_epochs:g}-{max_epochs:g} epochs of {steps_per_epoch} steps)")
-    return LengthPlan(True, max_epochs, steps_per_epoch, min_steps, val_every, patience, why)
+           f"steps, patience {patience}{f', then {cooldown} steps of cool-down' if cooldown else ''}; "
+           f"{min_epochs:g}-{max_epochs:g} epochs of {steps_per_epoch} steps)")
+    return LengthPlan(True, max_epochs, steps_per_epoch, min_steps, val_every, patience, cooldown, why)
 
 
 def mean_accuracy(measure: dict) -> float:
@@ -94,6 +101,23 @@ def stop_reason(point: dict, since_gain: int, gain_step: int, patience: int) -> 
     return None
 
 
+def cool_down(scheduler, start: int, end: int) -> bool:
+    """From step `start` on, scale the schedule's learning rate linearly down to 0 at step `end` (False when the
+    scheduler is not a LambdaLR, whose factors can be rewritten)."""
+    while hasattr(scheduler, "scheduler"):  # accelerate's AcceleratedScheduler wraps the Trainer's
+        scheduler = scheduler.scheduler
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if not lambdas or end <= start:
+        return False
+
+    def cooled(planned):
+        at_start = planned(start)
+        return lambda step: planned(step) if step < start else at_start * max(0.0, (end - step) / (end - start))
+
+    scheduler.lr_lambdas = [cooled(f) for f in lambdas]
+    return True
+
+
 def make_point(measure: dict, state, loss: float | None, seconds: float) -> dict:
     """One point of the curve: the step, the last logged loss and the measurement's scores."""
     score = mean_accuracy(measure)
@@ -112,19 +136,53 @@ def log_point(point: dict, gain: bool, log_path: Path) -> None:
         f.write(json.dumps({"step": point["step"], "epoch": point["epoch"], "val": point}) + "\n")
 
 
+def keeps(score: float, best_score: float | None, annealed: bool, rows: int, fields: int) -> bool:
+    """Whether a measurement's weights replace the kept ones: the best measured, except that the last, annealed weights
+    (after a cool-down or at the end of the schedule) are kept unless the best measured beats them by a gain."""
+    if best_score is None:
+        return True
+    return not is_gain(best_score, score, rows, fields) if annealed else score > best_score + 1e-9
+
+
+def decode_rows(predictor, model, texts: list[str]) -> list:
+    """The model in training answers the validation rows in eval mode, then goes back to training."""
+    was_training = model.training
+    model.eval()
+    with warnings.catch_warnings():  # the decoder's cache argument, seen through TRL's patched forward
+        warnings.simplefilter("ignore", FutureWarning)
+        answers = predictor.predict_many(texts, progress=False)
+    if was_training:
+        model.train()
+    return answers
+
+
+def put_back(model, weights: dict) -> None:
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in weights:
+                param.copy_(weights[name])
+
+
 def curve_callback(task, tokenizer, contract: dict, validator: Validator, plan: LengthPlan, device: str,
                    log_path: Path, main: bool):
-    """The TrainerCallback that measures, keeps the best weights and stops; `.summary()` and `.restore_best(model)`
-    after training."""
+    """The TrainerCallback that measures, keeps the best weights, stops (after a cool-down); `.summary()` and
+    `.restore_best(model)` after training."""
     from transformers import TrainerCallback
+
+    def say(line: str) -> None:
+        if main:
+            tqdm.write(line)
 
     class Curve(TrainerCallback):
         def __init__(self):
             self.points: list[dict] = []
-            self.best: dict | None = None  # the best measured point; its weights in best_weights
-            self.best_weights, self.best_score = None, 0.0
+            self.best: dict | None = None  # the kept point; its weights in best_weights
+            self.best_weights, self.best_score = None, None
             self.gain_score, self.gain_step, self.since_gain = 0.0, 0, 0  # the last real gain (see is_gain)
             self.stopped: str | None = None
+            self.cooling: tuple[int, int, str] | None = None  # (from step, to step, why the rule stopped)
             self.last_loss: float | None = None
             self.predictor = None
 
@@ -132,42 +190,41 @@ def curve_callback(task, tokenizer, contract: dict, validator: Validator, plan: 
             if logs and "loss" in logs:
                 self.last_loss = logs["loss"]
 
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            step = state.global_step
+        def on_step_end(self, args, state, control, model=None, lr_scheduler=None, **kwargs):
+            step, last = state.global_step, state.max_steps
+            if self.cooling is not None:
+                if step >= self.cooling[1]:
+                    self.measure(model, state, annealed=True)
+                    self.stopped = f"{self.cooling[2]}; then {self.cooling[1] - self.cooling[0]} steps of cool-down"
+                    control.should_training_stop = True
+                return
             # the first measurement is at the minimum length (one before could neither stop nor be kept)
-            if step < state.max_steps and (step % plan.val_every or step < plan.min_steps):
+            if step < last and (step % plan.val_every or step < plan.min_steps):
                 return
-            point = self.measure(model, state)
-            if step >= state.max_steps:
-                return
-            self.stopped = stop_reason(point, self.since_gain, self.gain_step, plan.patience)
-            if self.stopped:
-                control.should_training_stop = True
-                if main:
-                    tqdm.write(f"stopping: {self.stopped}")
+            point = self.measure(model, state, annealed=step >= last)
+            why = stop_reason(point, self.since_gain, self.gain_step, plan.patience) if step < last else None
+            end = min(step + plan.cooldown, last)
+            if why and plan.cooldown and cool_down(lr_scheduler, step, end):
+                self.cooling = (step, end, why)
+                say(f"stopping: {why}; first the learning rate cools down to 0 over {end - step} steps")
+            elif why:
+                self.stopped, control.should_training_stop = why, True
+                say(f"stopping: {why}")
 
-        def measure(self, model, state) -> dict:
-            was_training = model.training
-            model.eval()
+        def measure(self, model, state, annealed: bool = False) -> dict:
             start = time.perf_counter()
             if self.predictor is None:  # no prefix cache: the weights change between measurements
                 self.predictor = Predictor(task, model, tokenizer, contract, device=device, prefix_cache=0)
-            with warnings.catch_warnings():  # the decoder's cache argument, seen through TRL's patched forward
-                warnings.simplefilter("ignore", FutureWarning)
-                answers = self.predictor.predict_many(validator.texts, progress=False)
-            if was_training:
-                model.train()
-            measure = validator(answers)
+            measure = validator(decode_rows(self.predictor, model, validator.texts))
             point = make_point(measure, state, self.last_loss, time.perf_counter() - start)
             score = mean_accuracy(measure)  # unrounded: the gain rule counts answers exactly
-            scored = sum(v is not None for v in measure["fields"].values())
-            # the patience counts measurements since the last real gain; the weights kept are the best measured
-            if self.best is None or is_gain(score, self.gain_score, len(validator.texts), scored):
+            rows, scored = len(validator.texts), sum(v is not None for v in measure["fields"].values())
+            # the patience counts measurements since the last real gain
+            if self.best is None or is_gain(score, self.gain_score, rows, scored):
                 self.gain_score, self.gain_step, self.since_gain = score, point["step"], 0
             else:
                 self.since_gain += 1
-            kept = self.best is None or score > self.best_score + 1e-9
-            if kept:
+            if kept := keeps(score, self.best_score, annealed, rows, scored):
                 self.best, self.best_score = point, score
                 self.best_weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
             self.points.append(point)
@@ -176,19 +233,15 @@ def curve_callback(task, tokenizer, contract: dict, validator: Validator, plan: 
             return point
 
         def restore_best(self, model) -> bool:
-            """Put the best measured weights back (True when they were not the last ones)."""
+            """Put the kept weights back (True when they were not the last ones)."""
             if self.best is None or self.best is self.points[-1]:
                 return False
-            import torch
-
-            with torch.no_grad():
-                for name, param in model.named_parameters():
-                    if name in self.best_weights:
-                        param.copy_(self.best_weights[name])
+            put_back(model, self.best_weights)
             return True
 
         def summary(self) -> dict:
             return {"curve": self.points, "best_step": self.best["step"] if self.best else None,
-                    "best_val_score": self.best["val_score"] if self.best else None, "stopped": self.stopped}
+                    "best_val_score": self.best["val_score"] if self.best else None, "stopped": self.stopped,
+                    "cooldown": list(self.cooling[:2]) if self.cooling else None}
 
     return Curve()
