@@ -54,7 +54,8 @@ def _allowed(schema: dict, path: tuple) -> list:
 
 
 def announce(cov: dict) -> str:
-    """The one line said at synth time: rows, list lengths, label values covered, fields with no span."""
+    """The one line said at synth time: rows, list lengths, label values covered, fields with no span, and the
+    rows of each kind of carrier (where the teacher adds `kinds`)."""
     bits = [f"{cov['rows']} rows"]
     for k, v in cov["list_lengths"].items():
         bits.append(f"{k} lengths {v[0]}-{v[-1]}" if v else f"{k} empty")
@@ -65,4 +66,7 @@ def announce(cov: dict) -> str:
     if cov["no_span"]:
         bits.append("no span to align for " + ", ".join(f"{k} ({v})" for k, v in cov["no_span"].items())
                     + ": those keep the example's value; add an example that writes it as the output has it")
+    if cov.get("kinds"):
+        bits.append("rows by kind: " + ", ".join(f"{k} {v}" for k, v in cov["kinds"].items())
+                    + (f" ({cov['in_words']} of them with an integer in words)" if cov.get("in_words") else ""))
     return "; ".join(bits)
