@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from schemabuild import Example, Task
 from schemabuild.synth.checks import Candidate, check_rows, normalize
+from schemabuild.synth.clauses import clauses
 from schemabuild.contract import canonical_json
 from schemabuild.synth.offline import OfflineTeacher
 from schemabuild.task import load_jsonl_examples
@@ -153,7 +154,8 @@ def test_hints_named_after_the_field_fill_slots_other_hints_do_not():
     assert not any("museums" in text for text, _ in pairs)
     days = [Trip.model_validate_json(raw).days for _, raw in pairs]
     assert len(set(days)) > 2  # a number with a span varies, shaped like the examples' (1..6 here)
-    assert all(1 <= d <= 6 and re.search(rf"\b{d}\b", text) for d, (text, _) in zip(days, pairs))
+    assert all(1 <= d <= 6 and (re.search(rf"\b{d}\b", text) or d in spelt_numbers(text))  # digits or in words
+               for d, (text, _) in zip(days, pairs))
 
 
 def test_init_template_task_gets_some_pairs(tmp_path):
@@ -189,8 +191,11 @@ def test_meeting_invite_lists_numbers_and_nulls_vary_and_stay_true():
             assert pos >= 0, (text, g.name)
             assert g.team is None or g.team in text
         assert o.place is None or o.place in text
-        assert str(o.minutes) in text or o.minutes in (30, 60)  # "half an hour", "an hour" keep their value
+        # digits, or in words ("forty-five min"), or "half an hour" and "an hour", which keep their value
+        assert str(o.minutes) in text or o.minutes in spelt_numbers(text) or o.minutes in (30, 60)
     cov = t.coverage()
+    assert set(cov["kinds"]) >= {"example", "list", "added", "reordered"} and sum(cov["kinds"].values()) == 600
+    assert "rows by kind: " in t.note() and "an integer in words" in t.note()
     assert cov["rows"] == 600 and cov["list_lengths"]["guests"][-1] >= longest + 2
     assert cov["values"]["kind"] == ["call", "interview", "lunch", "meeting"] and not cov["values_missing"]
     assert cov["no_span"] == {"minutes": "2 of 8 examples"}
@@ -219,3 +224,135 @@ def test_missing_enum_values_are_announced_and_no_cue_word_is_added(capsys):
         if out.ref is not None:
             assert out.ref in text and len(out.ref) == 6 and out.ref[:2].upper() == "A-"  # ids shaped like the examples'
     assert len({Ticket.model_validate_json(t.labels[x]).ref for x in pairs}) > 20
+
+
+# English number words, written here independently of the generator's, to read back what it wrote
+UNITS = {w: n for n, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve thirteen "
+                                    "fourteen fifteen sixteen seventeen eighteen nineteen".split())}
+TENS = {w: 10 * n for n, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split(), 0) if n > 1}
+
+
+def spelt_numbers(text: str) -> list[int]:
+    """The numbers written in English words in text ("forty-five" -> 45; "one more thing" counts too)."""
+    found = []
+    for m in re.finditer(r"\b([a-z]+)(?:-([a-z]+))?\b", text.lower()):
+        head, unit = m.group(1), m.group(2)
+        if head in TENS and (unit is None or unit in UNITS and 0 < UNITS[unit] < 10):
+            found.append(TENS[head] + (UNITS[unit] if unit else 0))
+        elif head in UNITS and unit is None and head != "zero":
+            found.append(UNITS[head])
+    return found
+
+
+def meeting_invite_teacher():
+    from schemabuild.task import load_task
+    from tests.conftest import TASKS
+
+    task = load_task("meeting_invite", TASKS)
+    return task, OfflineTeacher(task)
+
+
+def test_integers_in_words_map_to_the_label_and_stay_a_minority():
+    task, t = meeting_invite_teacher()
+    pairs = t.pool(800, seed=0)
+    spelt = [(x, task.validate_output(raw)) for x, raw in pairs if t.row_kinds[x].endswith(" in words")]
+    assert len(pairs) == 800 and 0.03 * len(pairs) < len(spelt) < 0.2 * len(pairs)
+    assert t.kinds["in words"] == len(spelt)
+    for text, out in spelt:
+        assert out.minutes in spelt_numbers(text), text  # the words say the label's integer
+        assert not re.search(rf"\b{out.minutes}\b", text)  # and the digits are gone
+    digits = [x for x, raw in pairs if re.search(rf"\b{task.validate_output(raw).minutes}\b", x)]
+    assert len(digits) > 3 * len(spelt)  # digits stay the common form, as the examples write them
+
+
+class Basket(BaseModel):
+    items: list[str]
+    shop: Optional[str]
+    rush: bool
+
+
+def basket_task() -> Task:
+    return Task(name="basket", instructions="x", output=Basket, examples=[
+        Example("get me apples. also add pears, cheers", Basket(items=["apples", "pears"], shop=None, rush=False)),
+        Example("quickly, buy milk at Corner Mart", Basket(items=["milk"], shop="Corner Mart", rush=True)),
+        Example("need bread and jam from Green Grocer, asap", Basket(items=["bread", "jam"], shop="Green Grocer", rush=True)),
+        Example("pick up eggs, no hurry", Basket(items=["eggs"], shop=None, rush=False)),
+    ])
+
+
+def test_clauses_never_split_a_list_at_its_separators_nor_an_item_or_brackets():
+    parts = ["grab ", ("items", 0), ", ", ("items", 1), " and ", ("items", 2), ", thanks. see you"]
+    assert [(body, d) for body, d in clauses(parts)] == [
+        (["grab ", ("items", 0), ", ", ("items", 1), " and ", ("items", 2), ""], ", "), (["thanks"], ". "), (["see you"], "")]
+    parts = ["with ", ("g", 0, "name"), " (", ("g", 0, "team"), "), ", ("g", 1, "name"), ", ", ("g", 1, "team"),
+             ", an hour (or so, maybe)"]
+    assert [d for _, d in clauses(parts)] == [", ", ""]  # not inside an item (name, team) nor inside brackets
+
+
+def test_reordered_clauses_keep_slots_whole_and_lists_in_text_order():
+    task = basket_task()
+    t = OfflineTeacher(task)
+    moved = [c for v in t.spliced.values() for c in v if c.kind == "reordered"]
+    assert moved and t.derived["reordered"] == len(moved)
+    # "also add <pears>" moved before "get me <apples>": the list follows the text, pears first
+    swapped = [c for c in moved if c.example == 0 and c.parts[0].startswith("also add")]
+    assert swapped and all(c.base["items"] == ["pears", "apples"] for c in swapped), [c.parts for c in moved]
+    pairs = t.pool(300, seed=0)
+    rows = [(x, Basket.model_validate_json(raw)) for x, raw in pairs if t.row_kinds[x].startswith("reordered")]
+    assert rows
+    for text, out in rows:
+        at = [re.search(rf"\b{re.escape(item)}\b", text) for item in out.items]
+        assert all(at), (text, out)
+        assert [m.start() for m in at] == sorted(m.start() for m in at), (text, out)  # label order = text order
+        assert out.shop is None or out.shop in text
+    assert any(out.items[0] in text.split(".")[0] and len(out.items) == 2 and text.lower().startswith("also add")
+               for text, out in rows)
+
+
+def test_meeting_invite_reordered_rows_name_guests_in_label_order():
+    task, t = meeting_invite_teacher()
+    pairs = t.pool(800, seed=0)
+    rows = [(x, task.validate_output(raw)) for x, raw in pairs if t.row_kinds[x].startswith("reordered")]
+    assert 0.05 * len(pairs) < len(rows) < 0.35 * len(pairs)
+    source = {e.input.split(",")[0] for e in task.examples}
+    assert sum(not any(x.lower().startswith(s.lower()) for s in source) for x, _ in rows) > len(rows) / 2
+    for text, out in rows:
+        pos = -1
+        for g in out.guests:
+            nxt = text.find(g.name, pos + 1)
+            assert nxt > pos, (text, out.guests)  # each guest named after the one before it
+            pos = nxt
+            assert g.team is None or g.team in text
+        assert out.place is None or out.place in text
+
+
+def test_an_optional_value_added_with_its_word_sets_the_field_and_nothing_else():
+    task, t = meeting_invite_teacher()
+    added = [c for v in t.spliced.values() for c in v if c.kind == "added"]
+    assert added and t.derived["added"] == len(added)
+    carrier_words = set().union(*(set(re.findall(r"[a-z']+", " ".join(p for p in c.parts if isinstance(p, str)).lower()))
+                                  for c in t.carriers))
+    for c in added:
+        group = json.loads(c.group)
+        assert group["place"] is None and c.base["place"] is not None and ("place",) in c.slots
+        assert {k: c.base[k] for k in ("kind", "online")} == {k: group[k] for k in ("kind", "online")}
+        k = c.parts.index(("place",))
+        assert c.parts[k - 1].endswith((" in ", " at "))  # the word that introduces a place in the examples
+        literal = " ".join(p for p in c.parts if isinstance(p, str)).lower()
+        assert set(re.findall(r"[a-z']+", literal)) <= carrier_words  # no new word, so no new cue
+    pairs = t.pool(800, seed=0)
+    rows = [(x, task.validate_output(raw)) for x, raw in pairs if t.row_kinds[x].startswith("added")]
+    assert 0.05 * len(pairs) < len(rows) < 0.3 * len(pairs)
+    assert {o.kind for _, o in rows} >= {"call", "meeting"} and all(o.online for _, o in rows)  # the place-less ones
+    for text, out in rows:
+        assert out.place is not None and re.search(rf"\b(in|at) {re.escape(out.place)}", text, re.I), (text, out)
+        assert all(g.name in text for g in out.guests)
+
+
+def test_an_optional_value_is_added_only_where_the_validators_allow_it(tool_picker):
+    t = OfflineTeacher(tool_picker)  # query is optional, but no_tool must keep it null: nothing is added
+    assert not [c for v in t.spliced.values() for c in v if c.kind == "added"]
+    t = OfflineTeacher(basket_task())
+    added = [c for v in t.spliced.values() for c in v if c.kind == "added"]
+    assert added and all(c.base["shop"] is not None and not json.loads(c.group)["shop"] for c in added)
+    assert all(c.base["rush"] == json.loads(c.group)["rush"] for c in added)

@@ -39,8 +39,9 @@ class Carrier:
     base: dict | None = None
     """The output its slots are filled into, when not the example's own (a list rebuilt, a value dropped)."""
     kind: str = "example"
-    """example, spliced, list (a list of another length and item forms), null (an optional value dropped), joined or
-    crossed (two slot-free examples of one label made one message: `content_carriers`)."""
+    """example, spliced, list (a list of another length and item forms), null (an optional value dropped), added
+    (one added) or reordered (a clause moved: `clauses`), joined or crossed (two slot-free examples of one label made
+    one message: `content_carriers`)."""
 
 
 def set_path(obj: Any, path: tuple, value: Any) -> None:

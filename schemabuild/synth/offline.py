@@ -9,15 +9,20 @@ How pairs are built, for any task:
   `city`), and with new values of each slot's form (`shapes`): numbers of the examples' step and range, ids
   with the same letters, names, made-up words (they teach copying whatever sits in a slot), everyday phrases.
   Slots inside lists also take other examples' values of the same field.
-- Derived carriers (`derive`): lists of every length up to three longer than the examples', from all
-  examples' item forms; an optional value dropped with the word that introduced it (the field null); spliced
+- Derived carriers (`derive`, `clauses`): lists of every length up to three longer than the examples', from all
+  examples' item forms; an optional value dropped with the word that introduced it (the field null), or added
+  with the word that introduced it in another example where the field is null (the field set); a clause moved to
+  the front or the end, so values sit in other places (list items that change places reorder the list); spliced
   carriers (one example's text before its slots, another's after, same group). A group with no slots, whose
   label is its content (tool_picker's no_tool), gets messages of two of its examples joined, or crossed at a
   word both use, where its output holds only label values and nulls.
 - Most rows get surface variants: casing, fillers, politeness, a request put as a question, context before it,
-  punctuation, a letter typo in a carrier word, all capitals or lowercase (the label follows). A wrapper
+  punctuation, a letter typo in a carrier word, all capitals or lowercase (the label follows); in a few rows an
+  integer slot is written in English words ("forty-five minutes", the label the integer: an integer slot is
+  one the examples write in digits). A wrapper
   holding a word the examples use with one label value only is never added, and such words are never misspelt.
-- The task's validators run on every pair; the announcement and the manifest say what the rows cover.
+- The task's validators run on every pair; the announcement and the manifest say what the rows cover, with
+  the rows of each kind (`kinds`: example, spliced, list, null, added, reordered, joined, crossed; "in words").
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ from typing import Any
 
 from schemabuild.contract import canonical_json
 from schemabuild.synth.checks import NearDupIndex, normalize, shingles
+from schemabuild.synth.clauses import added_carriers, in_words, reordered_carriers
+from schemabuild.synth.coverage import announce, coverage
 from schemabuild.synth.derive import Carrier, content_carriers, derive_carriers, get_path, label_leaves, set_path, words
 from schemabuild.synth.protocol import Labelled
-from schemabuild.synth.shapes import field_key, is_free_text, is_integer, leaves, new_value, schema_leaves
+from schemabuild.synth.shapes import field_key, is_free_text, is_integer, leaves, new_value
 
 FILLERS_BEFORE = ["hey ", "ok ", "hi ", "um ", "so ", "hmm ", "oh ", "alright ", "hello ", "right, "]
 FILLERS_AFTER = [" please", " thanks", " thx", " :)", " 🙏", " 😊", " 👀", " ty", " thank you!", " xD",
@@ -65,6 +72,10 @@ LIST_LONGER = 3
 """Lists run up to this many items longer than the longest example list."""
 AS_WRITTEN = 0.35
 """Share of first-pass rows that keep the carrier's own wording (the rest get a surface variant)."""
+ADDED, REORDERED = 0.35, 0.35
+"""Share of (carrier, optional field, connector) given an added value, and of carriers given a clause moved."""
+NUMBER_WORDS = 0.15
+"""Chance that a row writes one of its integer slots (1-99) in words, where the carrier has one."""
 SHOUT, SLOT_TYPO, LOWER = 0.05, 0.05, 0.05
 """Chance that a variant is all capitals or all lowercase (slots and label too), or has a typo inside a slot."""
 
@@ -108,6 +119,8 @@ class OfflineTeacher:
         }.items()}
         self.spliced = {key: self._splices(members) + content_carriers(self, members) for key, members in self.groups.items()}
         derived = derive_carriers(self, shapes=LIST_SHAPES, longer=LIST_LONGER)
+        derived += added_carriers(self, self.carriers + [c for c in derived if c.kind == "list"], ADDED, "added")
+        derived += reordered_carriers(self.carriers + derived, self.outputs, REORDERED, "reordered")
         for c in derived:
             self.spliced[c.group].append(c)
         self.derived = Counter(c.kind for c in derived)
@@ -116,6 +129,10 @@ class OfflineTeacher:
         self.reshaped: set[str] = set()
         """Slot values shouted, lowercased or given a typo by a variant (the label copies them)."""
         self.labels: dict[str, str] = {}
+        self.row_kinds: dict[str, str] = {}
+        """Input -> the kind of carrier it was built from (plus " in words" where an integer is written in words)."""
+        self.kinds: Counter = Counter()
+        """Rows of the last pool per carrier kind, and "in words": rows with an integer written in words."""
         self.shortfall: str | None = None
         self.covered: dict = {}
 
@@ -358,7 +375,7 @@ class OfflineTeacher:
         threshold = getattr(self.cfg, "dedup_threshold", 0.9)
         # each group may make twice its share, so the others fill in for a group that runs dry
         quota = 2 * math.ceil(n / max(1, len(self.groups)))
-        per_group: list[list[tuple[str, str]]] = []
+        per_group: list[list[tuple[str, str, str]]] = []
         for key in sorted(self.groups):
             bases = []
             for c in [self.carriers[i] for i in self.groups[key]] + self.spliced[key]:
@@ -367,7 +384,7 @@ class OfflineTeacher:
                     if label is not None:
                         bases.append((c, values, label))
             rng.shuffle(bases)
-            pairs: list[tuple[str, str]] = []
+            pairs: list[tuple[str, str, str]] = []
             near = NearDupIndex(threshold)
             for i in self.groups[key]:
                 near.add(shingles(self.task.examples[i].input))
@@ -382,6 +399,8 @@ class OfflineTeacher:
                     parts = self._vary(c.parts, rng) if varied else c.parts
                     if varied and c.slots and rng.random() < SLOT_TYPO + SHOUT + LOWER:
                         parts, values, label = self._reshape(c, parts, values, label, rng)
+                    spelt = in_words(parts, values, c.slots, rng) if rng.random() < NUMBER_WORDS else None
+                    parts = spelt or parts
                     text = self._join(parts, values, c.slots)
                     key_text = normalize(text)
                     if not key_text or key_text in taken or not self._passes(text, label):
@@ -391,14 +410,17 @@ class OfflineTeacher:
                     if not sh or near.find(sh) is not None:
                         continue  # the near-duplicate check would drop it: try another variant instead
                     near.add(sh)
-                    pairs.append((text, label))
+                    pairs.append((text, label, c.kind + (" in words" if spelt else "")))
             per_group.append(pairs)
         order = []
         for k in range(max((len(p) for p in per_group), default=0)):
             for pairs in per_group:
                 if k < len(pairs):
                     order.append(pairs[k])
-        return order[:n]
+        self.row_kinds = {text: kind for text, _, kind in order[:n]}
+        self.kinds = Counter(kind.split()[0] for kind in self.row_kinds.values())
+        self.kinds["in words"] = sum(kind.endswith(" in words") for kind in self.row_kinds.values())
+        return [(text, label) for text, label, _ in order[:n]]
 
     async def generate_inputs(self, task, n: int, seed: int) -> list[str]:
         pairs = self.pool(n, seed)
@@ -408,6 +430,8 @@ class OfflineTeacher:
             self.shortfall = f"asked for {n} inputs, the examples allow {len(pairs)}"
         self.covered = coverage(self.schema, [json.loads(label) for _, label in pairs], self.no_span,
                                 len(self.task.examples))
+        self.covered["kinds"] = {k: v for k, v in self.kinds.most_common() if v and k != "in words"}
+        self.covered["in_words"] = self.kinds["in words"]
         print(f"offline teacher: {announce(self.covered)}", file=sys.stderr)
         return [text for text, _ in pairs]
 
@@ -433,11 +457,14 @@ class OfflineTeacher:
         text = (f"offline teacher, no LLM: pairs built from the task's {len(self.task.examples)} examples "
                 f"({n_slots} with values found in their input; {self.derived.get('list', 0)} carriers with lists "
                 f"of other lengths, {self.derived.get('null', 0)} with an optional value dropped, "
+                f"{self.derived.get('added', 0)} with one added (taken with its word from another example), "
+                f"{self.derived.get('reordered', 0)} with a clause moved to the front or end (lists follow the text), "
                 f"{sum(c.kind in ('joined', 'crossed') for v in self.spliced.values() for c in v)} joining or "
                 "crossing two slot-free examples of one label; "
                 f"{len(self.groups)} groups), slots filled with other examples' values or new ones of the "
                 "same form (numbers, ids, names, made-up or everyday words), and surface variants (casing, "
-                "politeness, a request put as a question, context before the request, typos). Labels are as right as the examples. "
+                "politeness, a request put as a question, context before the request, typos, an integer in words). "
+                "Labels are as right as the examples. "
                 "Set OPENAI_API_KEY or OPENAI_BASE_URL for an LLM teacher.")
         if self.covered:
             text += f" Covered: {announce(self.covered)}."
@@ -455,61 +482,3 @@ def _typo(word: str, rng: random.Random) -> str:
     if roll < 0.6:
         return word[:k] + word[k] + word[k:]
     return word[:k] + word[k + 1] + word[k] + word[k + 2:]
-
-
-def coverage(schema: dict, outputs: list[dict], no_span: dict[str, int], n_examples: int) -> dict:
-    """What the rows cover: their count, the lengths of each list, each label field's values (and the ones
-    missing), and the fields whose example values have no span in their input."""
-    lengths: dict[str, set] = defaultdict(set)
-    values: dict[str, set] = defaultdict(set)
-    allowed: dict[str, list] = {}
-    for out in outputs:
-        for path, value in _walk_lists(out):
-            lengths[".".join(field_key(path))].add(len(value))
-        for path, value in label_leaves(schema, out):
-            key = ".".join(field_key(path))
-            values[key].add(json.dumps(value))
-            if key not in allowed:
-                allowed[key] = _allowed(schema, path)
-    return {
-        "rows": len(outputs),
-        "list_lengths": {k: sorted(v) for k, v in sorted(lengths.items())},
-        "values": {k: sorted(json.loads(x) for x in v) for k, v in sorted(values.items())},
-        "values_missing": {k: [a for a in allowed[k] if json.dumps(a) not in values[k]]
-                           for k in sorted(values) if any(json.dumps(a) not in values[k] for a in allowed[k])},
-        "no_span": {k: f"{v} of {n_examples} examples" for k, v in sorted(no_span.items())},
-    }
-
-
-def _walk_lists(value: Any, path: tuple = ()):
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _walk_lists(v, path + (k,))
-    elif isinstance(value, list):
-        yield path, value
-        for i, v in enumerate(value):
-            yield from _walk_lists(v, path + (i,))
-
-
-def _allowed(schema: dict, path: tuple) -> list:
-    """Every value an enum, const or bool field allows."""
-    out: list = []
-    for b in schema_leaves(schema, path):
-        out += b.get("enum", []) + ([b["const"]] if "const" in b else [])
-        out += [True, False] if b.get("type") == "boolean" else []
-    return [json.loads(v) for v in dict.fromkeys(json.dumps(v) for v in out)]
-
-
-def announce(cov: dict) -> str:
-    """The one line said at synth time: rows, list lengths, label values covered, fields with no span."""
-    bits = [f"{cov['rows']} rows"]
-    for k, v in cov["list_lengths"].items():
-        bits.append(f"{k} lengths {v[0]}-{v[-1]}" if v else f"{k} empty")
-    for k, v in cov["values"].items():
-        missing = cov["values_missing"].get(k, [])
-        bits.append(f"{k} {len(v)}/{len(v) + len(missing)} values" + (f" (none with {', '.join(map(str, missing))}: "
-                                                                       "add an example)" if missing else ""))
-    if cov["no_span"]:
-        bits.append("no span to align for " + ", ".join(f"{k} ({v})" for k, v in cov["no_span"].items())
-                    + ": those keep the example's value; add an example that writes it as the output has it")
-    return "; ".join(bits)

@@ -1,6 +1,7 @@
 """What the offline teacher knows about an output schema and its values, for any task.
 
 - which leaves of an output are free text, integers, or may be null (from the JSON schema);
+- integers written in English words (`number_words`);
 - new values shaped like the examples' own: numbers of the same step and range, ids with the same letters and
   digit count, people's names where the examples hold names, pronounceable invented words, everyday phrases.
 
@@ -31,6 +32,11 @@ FIRST_NAMES = ("Mira Kenji Arjun Elena Tomas Amara Felix Ravi Olga Bruno Ayesha 
 SURNAMES = ("Solano Brandt Duarte Lindqvist Moreau Castillo Petrova Ibrahim Kaur Eriksen Mensah Ortega Sato "
             "Varga Whitfield Ferreira Nakamura Abbott Delacroix Horvat Quinn Obi").split()
 CONSONANTS, VOWELS = "bcdfghjklmnprstvwz", "aeiou"
+# English number words (general knowledge), for integers written as words. The tens word for 20 is left out:
+# tests/test_eval_words.py finds it in an eval set and in no task file, so 20-29 stay digits (see number_words).
+UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+         "seventeen eighteen nineteen").split()
+TENS = [None, None, None] + "thirty forty fifty sixty seventy eighty ninety".split()
 NAME_RE = re.compile(r"[A-Z][\w'.-]*( [A-Z][\w'.-]*){0,2}")
 ID_RE = re.compile(r"(?=.*\d)[A-Za-z0-9][A-Za-z0-9_/-]{2,}")
 
@@ -131,6 +137,17 @@ def new_number(seen: list[int], rng: random.Random) -> int:
     step = step if 1 < step < max(positive) else 1
     hi = max(2 * max(positive), step * 4)
     return step * rng.randint(1, max(1, hi // step))
+
+
+def number_words(n: int) -> str | None:
+    """An integer from 1 to 99 in English words ("seven", "thirty", "forty-five"); None outside that range and
+    for 20-29 (see TENS)."""
+    if not 0 < n < 100:
+        return None
+    if n < 20:
+        return UNITS[n]
+    tens = TENS[n // 10]
+    return tens + ("-" + UNITS[n % 10] if n % 10 else "") if tens else None
 
 
 def new_name(rng: random.Random, words: int = 1) -> str:
