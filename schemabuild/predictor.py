@@ -12,7 +12,7 @@ import time
 
 from tqdm.auto import tqdm
 
-from schemabuild.inference.decoder import Decoder
+from schemabuild.inference.decoder import PREFILL_CHUNK, Decoder
 from schemabuild.inference.grammars import DEFAULT_BACKEND
 from schemabuild.inference.task_model import Prediction, TaskModel
 from schemabuild.errors import ConfigError
@@ -27,10 +27,11 @@ class Predictor:
     """A task's model behind the constrained decoder, in this process."""
 
     def __init__(self, task, model, tokenizer, contract: dict, device=None, jump_forward: bool = True,
-                 prefix_cache: int = 8, grammar_backend: str = DEFAULT_BACKEND, speculate: bool = True):
+                 prefix_cache: int = 8, grammar_backend: str = DEFAULT_BACKEND, speculate: bool = True,
+                 prefill_chunk: int = PREFILL_CHUNK):
         decoder = Decoder(model, tokenizer, stop_ids=list(contract["stop_ids"]), device=device,
                           jump_forward=jump_forward, prefix_cache=prefix_cache, grammar_backend=grammar_backend,
-                          speculate=speculate)
+                          speculate=speculate, prefill_chunk=prefill_chunk)
         self.task_model = TaskModel(task, decoder, contract)
 
     # -- setup --
@@ -38,21 +39,21 @@ class Predictor:
     @classmethod
     def from_model_dir(cls, task, model_dir, device=None, prefix_cache: int = 8,
                        grammar_backend: str = DEFAULT_BACKEND, precision=None, speculate: bool = True,
-                       engine: str = "torch", rows: int = 32) -> "Predictor":
+                       engine: str = "torch", rows: int = 32, prefill_chunk: int = PREFILL_CHUNK) -> "Predictor":
         """Load `model_dir` (full weights or a PEFT adapter) after checking its contract against `task`; `precision`
         (fp32 / bf16 / int8 / auto, or a resolved precision.Precision) as in models.load_model. `engine` "llamacpp":
         llama.cpp runs the run's Q8_0 GGUF (`models.load_llamacpp`; `precision` and `device` do not apply) with room
-        for `rows` sequences at once."""
+        for `rows` sequences at once. `prefill_chunk`: see `Decoder` (it matters only to a server's running batch)."""
         if engine not in ENGINES:
             raise ConfigError(f"--engine {engine}: expected one of {', '.join(ENGINES)}")
         if engine == "llamacpp":
             forward, tokenizer, contract = load_llamacpp(task, model_dir, rows=rows, prefixes=prefix_cache)
             return cls(task, forward, tokenizer, contract, prefix_cache=prefix_cache, grammar_backend=grammar_backend,
-                       speculate=speculate)
+                       speculate=speculate, prefill_chunk=prefill_chunk)
         device = resolve_device(device)
         model, tokenizer, contract = load_model(task, model_dir, device, precision=precision)
         return cls(task, model, tokenizer, contract, device=device, prefix_cache=prefix_cache,
-                   grammar_backend=grammar_backend, speculate=speculate)
+                   grammar_backend=grammar_backend, speculate=speculate, prefill_chunk=prefill_chunk)
 
     @classmethod
     def from_run(cls, task, run=None, runs_dir=None, device=None, grammar_backend: str = DEFAULT_BACKEND,

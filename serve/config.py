@@ -5,6 +5,7 @@ import os
 from typing import Literal
 
 from schemabuild.config import ConfigError
+from schemabuild.inference.decoder import PREFILL_CHUNK
 from schemabuild.inference.forward import ENGINES
 from schemabuild.inference.grammars import DEFAULT_BACKEND
 from schemabuild.precision import PRECISIONS
@@ -40,6 +41,9 @@ class ServeConfig:
     prefix_cache: int = 8
     """Shared prompt prefixes (system prompt and chat template up to the user's text) whose KV each model keeps and
     reuses instead of computing it again for every request; 0 = off."""
+    prefill_chunk: int = PREFILL_CHUNK
+    """Chunked prefill: while other requests decode, a joining request's prompt (after any reused prefix) is fed at
+    most this many tokens per decode step, so a long prompt does not stall them; 0 = the whole prompt in one pass."""
     mixed_adapters: bool = False
     """LoRA adapters on one base decode in one running batch, each row with its own adapter (PEFT adapter_names),
     instead of one batch per adapter taking turns; answers are the same (off: not faster on CPU here)."""
@@ -90,6 +94,8 @@ class ServeConfig:
             raise ConfigError("--request-timeout-s: must be positive")
         if self.prefix_cache < 0:
             raise ConfigError("--prefix-cache: must not be negative")
+        if self.prefill_chunk < 0:
+            raise ConfigError("--prefill-chunk: must not be negative")
         if self.grammar_backend not in ("xgrammar", "llguidance"):
             raise ConfigError(f"--grammar-backend {self.grammar_backend}: expected xgrammar or llguidance")
         if self.engine not in ENGINES:

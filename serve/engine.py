@@ -1,7 +1,8 @@
 """The request scheduler: continuous batching of concurrent server requests on one worker thread per decoder.
 
 A request joins the running batch at the next decode step (its prefill in a pass of its own, merged into the
-batch's KV cache) and leaves it the step it finishes. Each caller awaits its own result; a streaming caller
+batch's KV cache; a long prompt a chunk per step while the other rows keep decoding, see `Decoder.step`) and leaves
+it the step it finishes. Each caller awaits its own result; a streaming caller
 also gets the tokens of every step as they are decoded.
 """
 
@@ -212,7 +213,7 @@ class Engine:
         batches: dict = {}  # group key: the decoder's running batch
         stopping = False
         while True:
-            running = sum(len(b.rows) for b in batches.values())
+            running = sum(len(self.decoder.live(b)) for b in batches.values())
             if stopping and running == 0:
                 return
             jobs, stopping = self._admit(running, stopping)
@@ -223,27 +224,27 @@ class Engine:
                 batches.setdefault(key, self.decoder.new_batch(key))
             for adapter in list(batches):  # every adapter with work takes one step per round
                 self._step(batches[adapter], joining.get(adapter, []))
-                if not batches[adapter].rows:
+                if not self.decoder.live(batches[adapter]):
                     del batches[adapter]
             with self._stats_lock:
-                self._running = sum(len(b.rows) for b in batches.values())
+                self._running = sum(len(self.decoder.live(b)) for b in batches.values())
 
     def _step(self, batch, jobs: list[Job]) -> None:
-        left = [row for row in batch.rows if row.tag.gone]
+        left = [row for row in self.decoder.live(batch) if row.tag.gone]
         if left:
             self.decoder.drop(batch, left)
             for row in left:
                 self._settle(row.tag, cancelled=True)
-        if not batch.rows and not jobs:
+        running = [row.tag for row in self.decoder.live(batch)]  # decoding, then still prefilling
+        if not running and not jobs:
             return
         t0 = time.perf_counter()
-        size = len(batch.rows) + len(jobs)
-        running = [row.tag for row in batch.rows]
+        size = len(running) + len(jobs)
         try:
             new_rows, finished = self.decoder.step(batch, [j.req for j in jobs])
         except Exception:  # noqa: BLE001 - isolate the request that breaks the batch: each again alone
             victims = running + jobs
-            batch.keep([])
+            self.decoder.drop(batch, self.decoder.live(batch))
             for job in victims:
                 self._alone(job)
             return
@@ -253,6 +254,8 @@ class Engine:
         for row in batch.rows + finished:
             row.tag.progress = now
             self._emit(row.tag, row.ids)
+        for row in batch.filling.rows if batch.filling is not None else []:
+            row.tag.progress = now  # a prefill chunk is progress too
         for row in finished:
             self._settle(row.tag, result=self.decoder.result(row))
         with self._stats_lock:

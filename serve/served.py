@@ -108,13 +108,14 @@ def load_models(tasks: list, cfg: ServeConfig, runs_dir=None, model_dirs: list |
                                                                prefix_cache=cfg.prefix_cache,
                                                                grammar_backend=cfg.grammar_backend, precision=precision,
                                                                speculate=cfg.speculate, engine=cfg.engine,
-                                                               rows=cfg.max_batch))
+                                                               rows=cfg.max_batch, prefill_chunk=cfg.prefill_chunk))
     for (base, *_), members in adapters.items():
         model = load_adapters(base, [(t.name, d) for t, d, *_ in members], device, precision=precision)
         tokenizer, contract = members[0][2], members[0][3]
         decoder = Decoder(model, tokenizer, stop_ids=list(contract["stop_ids"]), device=device,
                           prefix_cache=cfg.prefix_cache, mixed_adapters=cfg.mixed_adapters,
-                          grammar_backend=cfg.grammar_backend, speculate=cfg.speculate)
+                          grammar_backend=cfg.grammar_backend, speculate=cfg.speculate,
+                          prefill_chunk=cfg.prefill_chunk)
         for task, model_dir, tok, contract in members:
             served[task.name] = Served(TaskModel(task, decoder, contract, adapter=task.name))
     return [served[n] for n in names]

@@ -1,6 +1,6 @@
 """Our decode loop on llama.cpp's forward pass (`inference/llamacpp.py`, `--engine llamacpp`): the same answers as the
-torch engine on an f32 GGUF of the same model; batching, speculation and prefix reuse change nothing; the server
-answers on it; a setup it cannot serve is one clear error.
+torch engine on an f32 GGUF of the same model; batching, speculation, prefix reuse and chunked prefill change
+nothing; the server answers on it; a setup it cannot serve is one clear error.
 
 Skipped only when llama-cpp-python is not installed (CI builds it: .ci/run).
 """
@@ -152,6 +152,28 @@ def test_a_dropped_prefix_gives_its_sequence_back(sharp, tool_picker):
                                                                                           ids))])
         assert llama.forward.in_use() == 1  # only the kept prefix holds a sequence
 
+
+def test_chunked_prefill_changes_no_answer_and_gives_the_sequences_back(sharp, tool_picker):
+    """Long prompts joining a running batch are fed 8 tokens a step into their own KV sequences, then move to the
+    decoding rows: every answer equals the request decoded alone, and every row's sequence is freed at the end."""
+    from schemabuild.inference.request import Request
+
+    chunked = llama_decoder(sharp, prefill_chunk=8)
+    tok, long = chunked.tokenizer, " ".join(TEXTS)
+    reqs = [Request(encode_prompt(tok, "Reply.", "hi"), None, max_tokens=40, constrained=False)]
+    reqs += requests(tok, tool_picker, [TEXTS[0], long, long[:80]], max_tokens=16)
+    reqs += [Request(encode_prompt(tok, "Say which tool.", long), grammar_schema(tool_picker.output), max_tokens=16)]
+    expected = ids_of([chunked.generate([r])[0] for r in reqs])  # alone: nothing else decodes, no chunks
+    assert chunked.prefills["cut"] == 0
+    joins = {0: [0], 1: [1, 2], 2: [3, 4]}
+    batch, rows, step = chunked.new_batch(), {}, 0
+    while step <= max(joins) or chunked.live(batch):
+        new, _ = chunked.step(batch, [reqs[i] for i in joins.get(step, [])])
+        rows.update(zip(joins.get(step, []), new))
+        step += 1
+    assert [chunked.result(rows[i]).token_ids for i in range(len(reqs))] == expected
+    assert chunked.prefills["cut"] > 0, "no prompt was chunked: the first row stopped before the long ones joined"
+    assert chunked.forward.in_use() == len(chunked.prefixes) == 1
 
 # ---- serving ------------------------------------------------------------------------------------------------------
 

@@ -8,8 +8,11 @@ model, or llama.cpp over a GGUF), with grammar masks, jump-forward, prompt-looku
 On a transformers model one batch = one left-padded KV cache (`kv.Batch`, `kv.TorchForward`). Each forward pass
 feeds every live sequence its pending tokens (the prompt, then the token just chosen plus any jump-forward tokens),
 right-aligned with an attention mask and explicit position ids, so sequences of different lengths share the pass.
-Finished sequences leave the cache. A greedy sequence may also feed a draft copied from its prompt (`speculate.py`):
-the pass then checks it, and the draft tokens the model would not have chosen leave the cache.
+Finished sequences leave the cache. A joining sequence's prompt is fed in a prefill pass of its own (all joiners of a
+step together), at most `prefill_chunk` tokens a step while other rows decode, then its KV joins the batch's cache
+(chunked prefill: a long prompt does not stall the decoding rows). A greedy sequence may also feed a draft copied
+from its prompt (`speculate.py`): the pass then checks it, and the draft tokens the model would not have chosen leave
+the cache.
 A sequence may start from the cached KV of a prompt prefix many requests share (`kv.start_cache`).
 """
 
@@ -26,13 +29,20 @@ from schemabuild.inference.request import Request, Result, Sequence, check_reque
 from schemabuild.inference.sampling import choose, new_generator
 from schemabuild.inference.speculate import PromptLookup, draft_limit
 
+PREFILL_CHUNK = 128
+"""Default `prefill_chunk`: most prompt tokens a joining row feeds per step while others decode. On the 135M model
+(BENCHMARKS.md, prefix reuse: 38 tokens 274 ms, 196 tokens 878 ms on one loaded core) a pass costs about
+130 ms + 3.8 ms a token: a 128-token chunk adds ~0.6 s to the decoding rows' step (a 16-row decode step is ~0.3 s)
+instead of a whole long prompt's seconds, and costs a 512-token prompt ~20 % more prefill time (64: ~45 %). Task
+prompts after prefix reuse (~16-50 tokens) are never cut; a client's ~200-token system prompt takes two steps."""
+
 
 class Decoder:
     """Batched, grammar-constrained decoding with a KV cache over a transformers causal LM or another `Forward`."""
 
     def __init__(self, model, tokenizer, stop_ids: list[int], device=None, jump_forward: bool = True,
                  prefix_cache: int = 8, mixed_adapters: bool = False, grammar_backend: str = DEFAULT_BACKEND,
-                 speculate: bool = True):
+                 speculate: bool = True, prefill_chunk: int = PREFILL_CHUNK):
         """`model`: a transformers causal LM (run by `kv.TorchForward`) or a `forward.Forward` engine.
         `prefix_cache`: how many shared prompt prefixes (see Request.prefix_len) keep their KV; 0 = no reuse.
         `mixed_adapters`: on a PEFT model with several LoRA adapters, sequences of every adapter share one batch and
@@ -40,7 +50,11 @@ class Decoder:
         adapter (`set_adapter` before each). Off by default: on 2 CPU cores it measured no faster (BENCHMARKS.md).
         `grammar_backend`: "xgrammar" or "llguidance" (`grammars.BACKENDS`).
         `speculate`: greedy sequences feed drafts copied from their prompt (`speculate.py`): same outputs, fewer
-        passes."""
+        passes.
+        `prefill_chunk`: while other rows of the batch decode, a joining sequence feeds at most this many prompt
+        tokens per step (chunked prefill, see `step`); 0 = its whole prompt in one pass."""
+        if prefill_chunk < 0:
+            raise ValueError("prefill_chunk must not be negative")
         import torch
 
         if not stop_ids:
@@ -54,6 +68,8 @@ class Decoder:
             self.vocab_size = int(model.config.vocab_size if hasattr(model, "config") else len(tokenizer))
         self.jump_forward = jump_forward
         self.drafts = collections.Counter()  # "fed" draft tokens and "kept" ones, over the decoder's life
+        self.prefill_chunk = prefill_chunk
+        self.prefills = collections.Counter()  # prefill "passes", and "cut" rows that left prompt for a later step
         self.grammars = make_backend(grammar_backend, tokenizer, self.vocab_size, self.stop_ids)
         self.jumps = JumpForward(tokenizer, self.grammars, self.stop_ids)
         self.lookup = PromptLookup(self.grammars, self.stop_ids) if speculate else None
@@ -92,15 +108,17 @@ class Decoder:
         for key, idx in groups.items():
             batch = self.new_batch(key)
             seqs, _ = self.step(batch, [requests[i] for i in idx])
-            while batch.rows:
+            while self.live(batch):
                 self.step(batch)
             for i, seq in zip(idx, seqs):
                 results[i] = self.result(seq)
         return results  # type: ignore[return-value]
 
     def step(self, batch, joining: list[Request] = ()) -> tuple[list[Sequence], list[Sequence]]:
-        """One step of a running batch: a decode pass for the sequences already in it, then the prefill of `joining`
-        in a pass of its own, merged into the batch's cache. Finished sequences leave the batch at once.
+        """One step of a running batch: a decode pass for the sequences already decoding in it, then one prefill pass
+        for the sequences still prefilling (`batch.filling`, `joining` added to them). A prefilling row feeds at most
+        `prefill_chunk` prompt tokens per step while other rows decode (all of them when none does); once its prompt
+        is in, it takes its first token and its KV joins the batch's cache. Finished sequences leave the batch at once.
 
         Returns (the sequences made for `joining`, in order; the sequences that finished in this step). Each keeps
         its own grammar matcher, jump-forward and stop, so a sequence decodes exactly as it would alone.
@@ -124,8 +142,13 @@ class Decoder:
                 if live:
                     names = [self._adapter_name(s.req.adapter if self.mixed else batch.adapter) for s in live]
                     part = self.forward.start(live, self.prefixes, batch.adapter, names)
-                    self._pass(part)
-                    self.forward.merge(batch, part)
+                    if batch.filling is None:
+                        batch.filling = part
+                    else:
+                        self.forward.merge(batch.filling, part)
+            if batch.filling is not None:
+                decoding = any(seq.finish is None for seq in batch.rows)
+                self._fill(batch, self.prefill_chunk if decoding else 0)
             early = {id(seq) for seq in live}
             finished = [seq for seq in batch.rows if seq.finish is not None]
             finished += [seq for seq in new if seq.finish is not None and id(seq) not in early]
@@ -137,11 +160,19 @@ class Decoder:
                     seq.pending += seq.draft
         return new, finished
 
+    def live(self, batch) -> list[Sequence]:
+        """The sequences `batch` holds: those decoding, then those still prefilling."""
+        return batch.rows + (batch.filling.rows if batch.filling is not None else [])
+
     def drop(self, batch, seqs: list[Sequence]) -> None:
         """Take `seqs` out of `batch` now (their callers left); their KV memory is freed."""
         with self._lock:
             gone = {id(s) for s in seqs}
             batch.keep([seq for seq in batch.rows if id(seq) not in gone])
+            if batch.filling is not None:
+                batch.filling.keep([seq for seq in batch.filling.rows if id(seq) not in gone])
+                if not batch.filling.rows:
+                    batch.filling = None
 
     def compile(self, schema: dict | None):
         """Compile (or fetch from the backend's cache) the grammar for `schema`; GrammarError when it cannot."""
@@ -203,6 +234,31 @@ class Decoder:
             if draft:
                 self.drafts.update(fed=len(draft), kept=kept)
         self.forward.drop_rejected(batch, rejected)
+
+    def _fill(self, batch, chunk: int) -> None:
+        """One prefill pass over the rows of `batch.filling`: each feeds its next `chunk` pending tokens (0: all of
+        them); the rows whose prompt is then all in choose their first token, and leave for the decoding rows."""
+        part = batch.filling
+        rest = [seq.pending[chunk:] if chunk else [] for seq in part.rows]
+        for seq, later in zip(part.rows, rest):
+            seq.pending = seq.pending[: len(seq.pending) - len(later)]
+        names = [self._adapter_name(s.req.adapter) for s in part.rows] if self.mixed else None
+        logits = self.forward.run(part, [1] * len(part.rows), names)
+        self.prefills.update(passes=1, cut=sum(1 for later in rest if later))
+        ready = [b for b, later in enumerate(rest) if not later]
+        for seq, later in zip(part.rows, rest):
+            seq.pending = later
+        if not ready:
+            return
+        seqs = [part.rows[b] for b in ready]
+        bitmask = self._bitmask(len(seqs))
+        for b, (seq, tok, lp) in enumerate(zip(seqs, *self._choose(logits[ready, -1], seqs, bitmask))):
+            self._advance(seq, tok, lp, bitmask, b)
+        if len(seqs) == len(part.rows):
+            batch.filling = None
+        else:
+            part = self.forward.split(part, seqs)
+        self.forward.merge(batch, part)
 
     def _choose(self, logits, seqs: list[Sequence], bitmask) -> tuple[list[int], list[float]]:
         """Each row's token (row i of `logits` is seqs[i]'s, masked by its grammar in row i of `bitmask`) and its

@@ -4,8 +4,10 @@ Two engines implement it: `kv.TorchForward` (a transformers model, one left-padd
 `llamacpp.LlamaCppForward` (a llama.cpp context over a GGUF, one KV sequence slot per row). Everything else in the
 decode loop (grammar masks, jump-forward, speculation, continuous batching) is the Decoder's, on either.
 
-A batch is whatever the engine's `new_batch`/`start` return: it has `adapter`, `rows` (the live `Sequence`s, in order)
-and `keep(rows)` (keep only these rows; the others' KV is freed). The serving scheduler calls `keep` directly.
+A batch is whatever the engine's `new_batch`/`start` return: it has `adapter`, `rows` (the live `Sequence`s, in order),
+`keep(rows)` (keep only these rows; the others' KV is freed) and `filling` (None, or a batch of the rows still
+prefilling, which the Decoder feeds a chunk of prompt per step and moves into `rows` once their prompt is in).
+The serving scheduler calls `keep` directly.
 """
 
 from __future__ import annotations
@@ -41,4 +43,8 @@ class Forward(Protocol):
         """Forget each row's last `rejected[b]` fed positions (None: the row finished and leaves the batch)."""
 
     def merge(self, batch, part) -> None:
-        """Append the rows of `part` (a batch from `start`) below `batch`'s rows."""
+        """Append the rows of `part` (a batch from `start` or `split`) below `batch`'s rows; `part` is used up. Rows
+        may differ in positions fed (`n_seen`), and `part`'s rows may have fed nothing yet."""
+
+    def split(self, part, rows: list) -> Any:
+        """Take `rows` (some of `part`'s, in order) out of `part` into a new batch, their KV with them."""

@@ -22,6 +22,8 @@ class Batch:
         self.rows: list = []
         self.cache: Any = None
         self.mask: Any = None
+        self.filling: Batch | None = None
+        """The rows still prefilling (their prompt fed a chunk per step), in a batch of their own."""
 
     def tokens(self) -> int:
         """KV positions held (rows × columns)."""
@@ -44,11 +46,32 @@ class Batch:
             shape[dim] = short
             return torch.cat([t.new_zeros(shape), t], dim=dim)
 
-        for mine, theirs in zip(self.cache.layers, cache.layers):
-            mine.keys = torch.cat([pad(mine.keys, 2), pad(theirs.keys, 2)], dim=0)
-            mine.values = torch.cat([pad(mine.values, 2), pad(theirs.values, 2)], dim=0)
+        for i, mine in enumerate(self.cache.layers):
+            if mask.shape[1]:
+                keys, values = cache.layers[i].keys, cache.layers[i].values
+            else:  # rows with nothing cached yet (no prefix, not yet fed): all padding
+                shape = list(mine.keys.shape)
+                shape[0], shape[2] = mask.shape[0], 0
+                keys, values = mine.keys.new_zeros(shape), mine.values.new_zeros(shape)
+            mine.keys = torch.cat([pad(mine.keys, 2), pad(keys, 2)], dim=0)
+            mine.values = torch.cat([pad(mine.values, 2), pad(values, 2)], dim=0)
         self.mask = torch.cat([pad(self.mask, 1), pad(mask, 1)], dim=0)
         self.rows += rows
+
+    def split(self, rows: list) -> "Batch":
+        """Take `rows` (some of this batch's, in order) out into a batch of their own, with their cache and mask."""
+        import torch
+        from transformers import DynamicCache
+
+        where = {id(r): i for i, r in enumerate(self.rows)}
+        index = torch.tensor([where[id(r)] for r in rows], device=self.mask.device)
+        out = Batch(self.adapter)
+        out.rows, out.mask = list(rows), self.mask[index]
+        out.cache = DynamicCache([(layer.keys.index_select(0, index), layer.values.index_select(0, index))
+                                  for layer in self.cache.layers])
+        taken = {id(r) for r in rows}
+        self.keep([r for r in self.rows if id(r) not in taken])
+        return out
 
     def keep(self, rows: list) -> None:
         """Keep only `rows` (in order); drop the cache columns no kept row attends to once they are many."""
@@ -239,3 +262,6 @@ class TorchForward:
 
     def merge(self, batch: Batch, part: Batch) -> None:
         batch.merge(part.rows, part.cache, part.mask)
+
+    def split(self, part: Batch, rows: list) -> Batch:
+        return part.split(rows)

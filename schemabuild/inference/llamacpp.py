@@ -42,6 +42,7 @@ class LlamaBatch:
         self.engine, self.adapter = engine, adapter
         self.rows: list = []
         self.seq_ids: dict[int, int] = {}  # id(row) -> its KV sequence id
+        self.filling: LlamaBatch | None = None  # the rows still prefilling (a chunk of prompt per step)
 
     def tokens(self) -> int:
         """KV positions the rows hold."""
@@ -148,6 +149,13 @@ class LlamaCppForward:
         batch.rows += part.rows
         batch.seq_ids.update(part.seq_ids)
         part.rows, part.seq_ids = [], {}
+
+    def split(self, part: LlamaBatch, rows: list) -> LlamaBatch:
+        out = LlamaBatch(self, part.adapter)
+        out.rows = list(rows)
+        out.seq_ids = {id(r): part.seq_ids.pop(id(r)) for r in rows}
+        part.rows = [r for r in part.rows if id(r) in part.seq_ids]
+        return out
 
     # -- sequences --
 
