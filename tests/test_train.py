@@ -227,8 +227,11 @@ def test_trained_run_has_what_train_writes(trained_run, tool_picker):
     assert not list(model_dir.glob("*.bin")) and not list(model_dir.glob("adapter_*"))
     contract = load_contract(model_dir)
     assert contract["task"] == "tool_picker" and contract["base_model"] == "tiny" and contract["adapter"] is False
+    from schemabuild.train.fit import train_precision
+
     resolved = json.loads((trained_run / "train_config.json").read_text())
-    assert resolved["full_training"] is True and resolved["lr"] == 2e-3 and resolved["precision"] == "fp32"
+    chosen = train_precision(TrainConfig(base="tiny", device="cpu"), "cpu")[0]  # bf16 autocast where the CPU has it
+    assert resolved["full_training"] is True and resolved["lr"] == 2e-3 and resolved["precision"] == chosen
     log = [json.loads(line) for line in (model_dir / "train_log.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in log if "loss" in e]
     assert len(losses) >= 3 and losses[-1] < 0.2 * losses[0]
