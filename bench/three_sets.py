@@ -2,6 +2,7 @@
 
     HF_HUB_OFFLINE=1 python bench/three_sets.py                  # seeds 0 1 2, fresh runs under a temp folder
     HF_HUB_OFFLINE=1 python bench/three_sets.py --seeds 0 --runs-dir runs   # reuse/train in ./runs
+    HF_HUB_OFFLINE=1 python bench/three_sets.py --seeds 0 --arms "" "--cooldown 0"   # two settings, side by side
 
 Each seed runs `schemabuild train tool_picker --seed S` (synth + train with the defaults, offline teacher unless a
 teacher is configured) and then `schemabuild eval` on the three sets:
@@ -46,24 +47,34 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--runs-dir", type=Path, default=None, help="default: a new temporary folder")
     parser.add_argument("--reuse", action="store_true", help="score the latest run of each runs dir instead of training")
+    parser.add_argument("--arms", nargs="+", default=[""],
+                        help='`schemabuild train` flags per arm, trained one after the other per seed ("" = defaults)')
     args = parser.parse_args()
     base = args.runs_dir or Path(tempfile.mkdtemp(prefix="three_sets_"))
-    table: dict[str, list[dict]] = {name: [] for name in SETS}
-    for seed in args.seeds:
-        runs_dir = base / f"seed{seed}" if len(args.seeds) > 1 or args.runs_dir is None else base
-        start = time.perf_counter()
-        if not args.reuse:
-            schemabuild("train", "tool_picker", "--seed", str(seed), "--no-eval", runs_dir=runs_dir)
-        took = time.perf_counter() - start
-        run = (runs_dir / "tool_picker" / "latest").resolve()
-        for name, data in SETS.items():
-            out = run / f"eval_{name}"
-            schemabuild("eval", "tool_picker", "--run", str(run), "--data", str(data), "--out", str(out), runs_dir=runs_dir)
-            row = metrics(json.loads((out / "report.json").read_text()))
-            table[name].append(row)
-            print(f"seed {seed} {name:8s} " + " ".join(f"{k} {v:.3f}" for k, v in row.items() if v is not None), flush=True)
-        print(f"seed {seed}: train (synth + fit) {took:.0f}s, run {run}", flush=True)
-    print("\n| set | tool mean (worst) | query F1 mean (worst) | null recall mean (worst) |\n|---|---|---|---|")
+    for arm_index, arm in enumerate(args.arms):
+        table: dict[str, list[dict]] = {name: [] for name in SETS}
+        for seed in args.seeds:
+            runs_dir = base / f"seed{seed}" if len(args.seeds) > 1 or args.runs_dir is None else base
+            runs_dir = runs_dir / f"arm{arm_index}" if len(args.arms) > 1 else runs_dir
+            start = time.perf_counter()
+            if not args.reuse:
+                schemabuild("train", "tool_picker", "--seed", str(seed), "--no-eval", *arm.split(), runs_dir=runs_dir)
+            took = time.perf_counter() - start
+            run = (runs_dir / "tool_picker" / "latest").resolve()
+            for name, data in SETS.items():
+                out = run / f"eval_{name}"
+                schemabuild("eval", "tool_picker", "--run", str(run), "--data", str(data), "--out", str(out),
+                            runs_dir=runs_dir)
+                row = metrics(json.loads((out / "report.json").read_text()))
+                table[name].append(row)
+                print(f"[{arm or 'defaults'}] seed {seed} {name:8s} "
+                      + " ".join(f"{k} {v:.3f}" for k, v in row.items() if v is not None), flush=True)
+            print(f"[{arm or 'defaults'}] seed {seed}: train (synth + fit) {took:.0f}s, run {run}", flush=True)
+        print_table(arm or "defaults", table)
+
+
+def print_table(arm: str, table: dict[str, list[dict]]) -> None:
+    print(f"\n{arm}\n| set | tool mean (worst) | query F1 mean (worst) | null recall mean (worst) |\n|---|---|---|---|")
     for name, rows in table.items():
         cells = []
         for key in ("tool", "query_f1", "null_recall"):
